@@ -1,0 +1,17 @@
+"""moras_interp: mechanistic interpretability for multimodal LLMs on nnsight, and the MoRAS pipeline."""
+
+from moras_interp.models import (
+    MLLM,
+    ActivationCache,
+    Batch,
+    Generation,
+    ImageLayout,
+    PatchGrid,
+    TokenLayout,
+    load_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["MLLM", "ActivationCache", "Batch", "Generation", "ImageLayout", "PatchGrid", "TokenLayout",
+           "__version__", "load_model"]

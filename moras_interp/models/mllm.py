@@ -1,0 +1,212 @@
+"""``MLLM``: an HF multimodal model wrapped in nnsight, addressed by canonical hook names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moras_interp.models import interventions as _iv
+from moras_interp.models.adapters import Adapter, get_adapter
+from moras_interp.models.batch import Batch, ImageInput, prepare_batch
+from moras_interp.models.cache import ActivationCache
+from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
+
+
+@dataclass
+class Generation:
+    """Output of :meth:`MLLM.generate`.
+
+    Attributes:
+        sequences: LongTensor [b, prompt_len + new] (left-padded prompts followed by new tokens).
+        new_tokens: LongTensor [b, new].
+        texts: decoded new tokens per example (special tokens skipped).
+    """
+
+    sequences: torch.Tensor
+    new_tokens: torch.Tensor
+    texts: list[str]
+
+
+class MLLM:
+    """A multimodal LLM with TransformerLens-style hook names on top of nnsight.
+
+    Attributes:
+        hf: the HF ``*ForConditionalGeneration`` module.
+        processor: its processor.
+        adapter: the architecture adapter (where modules live, image-token geometry).
+        nn: the nnsight wrapper (``nnsight.TransformersModel``) around ``hf``; use it for free-form traces.
+        model_id: HF id, local path or a descriptive name.
+    """
+
+    def __init__(self, hf: torch.nn.Module, processor: Any, *, model_id: str | None = None,
+                 remote: bool | str = False, nn: Any = None) -> None:
+        from nnsight import TransformersModel
+
+        self.hf = hf
+        self.processor = processor
+        self.adapter: Adapter = get_adapter(hf, processor)
+        self.model_id = model_id or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+        self.remote = remote
+        self.nn = nn if nn is not None else TransformersModel(
+            hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
+        self._points = {p.name: p for p in self.adapter.hook_points()}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def arch(self) -> str:
+        return self.adapter.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def cfg(self) -> Any:
+        """The text model's config (hidden size, heads, layers)."""
+        return getattr(self.hf.config, "text_config", self.hf.config)
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers()
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.hidden_size)
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(getattr(self.cfg, "_attn_implementation", None) or "eager")
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def hook_names(self) -> list[str]:
+        """Every canonical hook name of this model, in execution order."""
+        return list(self._points)
+
+    def hook_point(self, name: str) -> HookPoint:
+        """The :class:`HookPoint` for ``name``; ``KeyError`` with the closest names otherwise."""
+        if name not in self._points:
+            expand_names(name, self.hook_names())  # raises with suggestions
+        return self._points[name]
+
+    def hook_table(self) -> str:
+        """Markdown table: canonical name, shape, and the module it reads on this architecture."""
+        return hook_table_markdown(list(self._points.values()), f"{self.arch} ({self.model_id})")
+
+    def __repr__(self) -> str:
+        return (f"MLLM({self.model_id!r}, arch={self.arch}, layers={self.n_layers}, d_model={self.d_model}, "
+                f"attn={self.attn_implementation}, device={self.device}, dtype={self.dtype})")
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, images: Sequence[ImageInput] | None, prompts: Sequence[str] | str, *, chat: bool = True,
+                add_generation_prompt: bool = True, system: str | None = None) -> Batch:
+        """Chat template + processor + left padding; a :class:`TokenLayout` per example.
+
+        ``images`` has one entry per prompt: a PIL image or path, a list of them, or None (text-only).
+        """
+        return prepare_batch(self.adapter, images, prompts, chat=chat, add_generation_prompt=add_generation_prompt,
+                             system=system)
+
+    def _inputs(self, batch: Batch | dict[str, Any]) -> dict[str, Any]:
+        b = batch if isinstance(batch, Batch) else Batch(dict(batch), [], [], [])
+        return dict(b.to(self.device, self.dtype).inputs)
+
+    # ------------------------------------------------------------------ nnsight access
+    def envoy(self, module_path: str) -> Any:
+        """The nnsight Envoy of a module path (``"model.language_model.layers.3"``)."""
+        env = self.nn
+        for part in module_path.split("."):
+            env = getattr(env, part)
+        return env
+
+    def trace(self, batch: Batch | dict[str, Any], **kwargs: Any) -> AbstractContextManager[Any]:
+        """An nnsight trace over ``batch``; inside it use :meth:`read` / :meth:`write` by hook name."""
+        if self.remote:
+            kwargs.setdefault("remote", self.remote)
+        return self.nn.trace(**self._inputs(batch), **kwargs)
+
+    def read(self, name: str) -> Any:
+        """Inside a trace: the (proxy) value of a hook. Access hooks in execution order."""
+        p = self.hook_point(name)
+        self._check_pattern(p)
+        env = self.envoy(p.module)
+        if p.io == "input":
+            return env.input
+        return env.output if p.index is None else env.output[p.index]
+
+    def write(self, name: str, value: Any) -> None:
+        """Inside a trace: replace a hook's value (same shape)."""
+        p = self.hook_point(name)
+        env = self.envoy(p.module)
+        if p.io == "input":
+            env.input = value
+        elif p.index is None:
+            env.output = value
+        else:
+            env.output[p.index][:] = value
+
+    def _check_pattern(self, p: HookPoint) -> None:
+        if p.name.endswith("attn.hook_pattern") and self.attn_implementation != "eager":
+            raise ValueError(
+                f"{p.name} needs eager attention but this model runs {self.attn_implementation!r}. Load it with "
+                "load_model(..., attn_implementation='eager'), or use moras_interp.cross_modal_attention(), "
+                "which computes exact attention rows under sdpa too."
+            )
+
+    # ------------------------------------------------------------------ running
+    @torch.no_grad()
+    def forward(self, batch: Batch | dict[str, Any]) -> torch.Tensor:
+        """Plain forward; returns logits [b, pos, vocab]."""
+        return self.hf(**self._inputs(batch)).logits
+
+    @torch.no_grad()
+    def run_with_cache(self, batch: Batch, names: str | list[str] | None = None, *,
+                       device: torch.device | str | None = None) -> tuple[torch.Tensor, ActivationCache]:
+        """One traced forward saving the named hooks (names or globs like ``"blocks.*.hook_resid_post"``).
+
+        Returns (logits [b, pos, vocab], ActivationCache). ``device`` moves cached tensors (e.g. "cpu").
+        """
+        wanted = expand_names(names, self.hook_names())
+        for n in wanted:
+            self._check_pattern(self._points[n])
+        pts = sorted((self._points[n] for n in wanted), key=lambda p: p.order)
+        saved: dict[str, Any] = {}
+        with self.trace(batch):
+            for p in pts:
+                saved[p.name] = self.read(p.name).save()
+            logits = self.envoy(self.adapter.lm_head).output.save()
+        tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
+        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int = 32, *, do_sample: bool = False, **kwargs: Any) -> Generation:
+        """Greedy (by default) generation with KV cache; interventions from :meth:`hooks` apply per step."""
+        inputs = self._inputs(batch)
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        kwargs.setdefault("pad_token_id", pad)
+        out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+        seq = out if isinstance(out, torch.Tensor) else out.sequences
+        new = seq[:, inputs["input_ids"].shape[1]:]
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        return Generation(seq, new, [t.strip() for t in texts])
+
+    @contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str, _iv.HookFn]], *, steps: _iv.Steps = None,
+              layouts: Any = None) -> Iterator[_iv.InterventionHandle]:
+        """Apply ``(name, fn)`` interventions inside the block, for chosen steps (0 = prefill, t = decode t).
+
+        ``fn(value, ctx) -> new value | None``; ``ctx.step`` and ``ctx.layouts`` tell where it is.
+        """
+        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts) as h:
+            yield h
