@@ -1,0 +1,214 @@
+"""The MoRAS pipeline, batched: visual context → risk → first-N steered answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from moras_interp.models.batch import ImageInput
+from moras_interp.moras.prompts import CONTEXT_PROMPT, SAFETY_PROMPT, reformulate, safety_query
+from moras_interp.moras.prototype import UnsafePrototype
+from moras_interp.moras.risk import Calibration, similarity
+from moras_interp.moras.states import FINAL, generate_with_states
+from moras_interp.moras.steering import interpolate_towards, steering_targets
+from moras_interp.moras.trace import MoRASTrace
+
+if TYPE_CHECKING:
+    from moras_interp.models.mllm import MLLM
+
+
+@dataclass
+class MoRASConfig:
+    """Every switch of the method and its ablations (defaults = the official method).
+
+    Attributes:
+        n_tokens: N, steps scored in stage 2 and steered in stage 3. gamma: decay γ.
+        context_prompt / max_context_tokens: stage 1. use_context: False skips stage 1 (plain question).
+        safety_prompt: stage-2 prefix; None scores the reformulated question alone.
+        fixed_r: steer every query with this strength and skip stages 1–2 (the fixed-strength baseline).
+        risk_mode: "continuous" (r) or "binary" (1 if r ≥ threshold else 0).
+        steer_hooks: where stage 3 steers (the prototype must have states there).
+        top_k: how many stage-2 next-token probabilities to keep. keep_states: keep stage-2 states.
+    """
+
+    n_tokens: int = 3
+    gamma: float = 0.3
+    context_prompt: str = CONTEXT_PROMPT
+    max_context_tokens: int = 40
+    use_context: bool = True
+    safety_prompt: str | None = SAFETY_PROMPT
+    fixed_r: float | None = None
+    risk_mode: str = "continuous"
+    threshold: float = 0.5
+    steer_hooks: tuple[str, ...] = (FINAL,)
+    top_k: int = 5
+    keep_states: bool = True
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _examples(items: Sequence[Any]) -> tuple[list[Any], list[str], list[bool]]:
+    """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label."""
+    ims, qs, ys = [], [], []
+    for it in items:
+        if isinstance(it, (tuple, list)):
+            im, q, lab = it
+        else:
+            im = it.load_image() if hasattr(it, "load_image") else it.image
+            q, lab = getattr(it, "text", None) or it.question, it.label
+        ims.append(im)
+        qs.append(q)
+        ys.append(lab is True or str(lab).lower() in ("unsafe", "harmful", "1", "true"))
+    return ims, qs, ys
+
+
+class MoRAS:
+    """Risk-adaptive steering (arXiv 2510.13698) on an :class:`MLLM`, batched, every stage recorded."""
+
+    def __init__(self, model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None = None,
+                 config: MoRASConfig | None = None, **overrides: Any) -> None:
+        self.model = model
+        self.prototype = prototype
+        self.calibration = calibration
+        self.config = config or MoRASConfig()
+        for k, v in overrides.items():
+            if not hasattr(self.config, k):
+                raise TypeError(f"Unknown MoRAS option {k!r}; see MoRASConfig.")
+            setattr(self.config, k, v)
+        prototype.check(model)
+        if prototype.n_tokens != self.config.n_tokens:
+            raise ValueError(f"The prototype has N={prototype.n_tokens} steps but n_tokens={self.config.n_tokens}: "
+                             "rebuild it with UnsafePrototype.build(model, n_tokens=...).")
+        self.targets = steering_targets(prototype.states, self.config.steer_hooks)
+        if calibration is None and self.config.fixed_r is None:
+            raise ValueError("MoRAS needs a Calibration (MoRAS.calibrate, Calibration.fit or Calibration.preset) "
+                             "unless fixed_r is set.")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def calibrate(cls, model: MLLM, calibration: Sequence[Any], *, harmful_text: Sequence[str] | None = None,
+                  prototype: UnsafePrototype | None = None, method: str = "official", batch_size: int = 8,
+                  progress: bool = True, **overrides: Any) -> MoRAS:
+        """Build the unsafe prototype (unless given), score the labelled pairs and fit (x0, k)."""
+        cfg = MoRASConfig(**{k: v for k, v in overrides.items() if hasattr(MoRASConfig, k)})
+        proto = prototype or UnsafePrototype.build(model, list(harmful_text) if harmful_text else None,
+                                                   cfg.n_tokens, progress=progress)
+        ims, qs, ys = _examples(calibration)
+        if not qs:
+            raise ValueError("Empty calibration set: give unsafe and safe (image, question, label) pairs.")
+        m = cls(model, proto, Calibration(0.0, 1.0), cfg)
+        traces = m.assess(ims, qs, batch_size=batch_size, progress=progress)
+        m.calibration = Calibration.fit([t.similarity for t in traces], ys, method=method)
+        return m
+
+    # ------------------------------------------------------------------ stages
+    def _chunks(self, n: int, batch_size: int, progress: bool, desc: str) -> Any:
+        if n == 0:
+            raise ValueError("MoRAS.run got an empty batch of questions.")
+        return tqdm(range(0, n, batch_size), desc=desc, disable=not progress)
+
+    def _stage1(self, traces: list[MoRASTrace], images: list[Any]) -> None:
+        cfg, t0 = self.config, time.perf_counter()
+        batch = self.model.prepare(images, [cfg.context_prompt] * len(traces))
+        gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
+        dt = (time.perf_counter() - t0) / len(traces)
+        for tr, text, ctx in zip(traces, batch.texts, gen.texts):
+            tr.prompts["context"], tr.visual_context = text, ctx
+            tr.stage_times["context"] = dt
+            tr.token_counts["context_new"] = len(self.model.tokenizer(ctx, add_special_tokens=False)["input_ids"])
+
+    def _stage2(self, traces: list[MoRASTrace], images: list[Any]) -> torch.Tensor:
+        cfg, t0 = self.config, time.perf_counter()
+        for tr in traces:
+            tr.reformulated = reformulate(tr.visual_context or "", tr.question) if cfg.use_context else tr.question
+        batch = self.model.prepare(images, [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces])
+        gen, st = generate_with_states(self.model, batch, cfg.n_tokens)
+        h = st[FINAL]
+        lm_head = self.model.adapter.module(self.model.adapter.lm_head)
+        s = similarity(h, self.prototype.final, lm_head, cfg.gamma)
+        with torch.no_grad():
+            probs = torch.softmax(lm_head(h.to(self.model.device, self.model.dtype)).float(), -1).cpu()
+        top = probs.topk(min(cfg.top_k, probs.shape[-1]), dim=-1)
+        dt = (time.perf_counter() - t0) / len(traces)
+        tok = self.model.tokenizer
+        for i, tr in enumerate(traces):
+            tr.prompts["risk"] = batch.texts[i]
+            tr.stage2_tokens = [tok.decode([int(x)]) for x in gen.new_tokens[i, : cfg.n_tokens]]
+            tr.stage2_topk = [[(tok.decode([int(j)]), float(p)) for p, j in zip(top.values[i, t], top.indices[i, t])]
+                              for t in range(cfg.n_tokens)]
+            tr.similarity = float(s[i])
+            tr.stage_times["risk"] = dt
+            tr.token_counts["risk_prompt"] = int(batch.inputs["attention_mask"][i].sum())
+            if cfg.keep_states:
+                tr.stage2_states = h[i].clone()
+        return s
+
+    def _strength(self, s: torch.Tensor | None, n: int) -> torch.Tensor:
+        cfg = self.config
+        if cfg.fixed_r is not None:
+            return torch.full((n,), float(cfg.fixed_r))
+        assert self.calibration is not None and s is not None
+        r = self.calibration.risk(s)
+        if cfg.risk_mode == "binary":
+            r = (r >= cfg.threshold).float()
+        elif cfg.risk_mode != "continuous":
+            raise ValueError(f"risk_mode={cfg.risk_mode!r}: use 'continuous' or 'binary'.")
+        return r
+
+    def _stage3(self, traces: list[MoRASTrace], images: list[Any], r: torch.Tensor, max_new_tokens: int) -> None:
+        t0 = time.perf_counter()
+        batch = self.model.prepare(images, [t.question for t in traces])
+        norms: list[torch.Tensor] = []
+        if bool((r != 0).any()):
+            with interpolate_towards(self.model, self.targets, r, norms=norms):
+                gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
+        else:
+            gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
+        dt = (time.perf_counter() - t0) / len(traces)
+        for i, tr in enumerate(traces):
+            tr.prompts["answer"], tr.answer, tr.risk = batch.texts[i], gen.texts[i], float(r[i])
+            tr.displacement_norms = [float(n[i]) for n in norms]
+            tr.stage_times["answer"] = dt
+            tr.token_counts["answer_prompt"] = int(batch.inputs["attention_mask"][i].sum())
+            tr.token_counts["answer_new"] = int((gen.new_tokens[i] != (self.model.tokenizer.pad_token_id or -1)).sum())
+
+    # ------------------------------------------------------------------ public
+    def _new_traces(self, images: Sequence[ImageInput], questions: Sequence[str], method: str) -> list[MoRASTrace]:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions.")
+        cfg = {k: v for k, v in vars(self.config).items() if k != "generate_kwargs"}
+        return [MoRASTrace(question=q, method=method, config=cfg,
+                           image_size=getattr(im, "size", None)) for im, q in zip(images, questions)]
+
+    def assess(self, images: Sequence[ImageInput], questions: Sequence[str], *, batch_size: int = 8,
+               progress: bool = True) -> list[MoRASTrace]:
+        """Stages 1–2 only: visual context, similarity s and risk r (no answer)."""
+        traces = self._new_traces(images, questions, "moras")
+        for i in self._chunks(len(traces), batch_size, progress, "MoRAS risk"):
+            tr, ims = traces[i : i + batch_size], list(images[i : i + batch_size])
+            if self.config.use_context:
+                self._stage1(tr, ims)
+            s = self._stage2(tr, ims)
+            if self.calibration is not None:
+                for t, r in zip(tr, self._strength(s, len(tr))):
+                    t.risk = float(r)
+        return traces
+
+    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int = 64,
+            batch_size: int = 8, progress: bool = True) -> list[MoRASTrace]:
+        """All three stages, ``batch_size`` queries at a time; one :class:`MoRASTrace` per query."""
+        method = "fixed_r" if self.config.fixed_r is not None else "moras"
+        traces = self._new_traces(images, questions, method)
+        for i in self._chunks(len(traces), batch_size, progress, "MoRAS"):
+            tr, ims = traces[i : i + batch_size], list(images[i : i + batch_size])
+            s = None
+            if self.config.fixed_r is None:
+                if self.config.use_context:
+                    self._stage1(tr, ims)
+                s = self._stage2(tr, ims)
+            self._stage3(tr, ims, self._strength(s, len(tr)), max_new_tokens)
+        return traces

@@ -1,0 +1,144 @@
+"""MoRAS risk: γ-decayed next-token distributions compared with the unsafe prototype's, then a sigmoid.
+
+    q_t = softmax(W h_t),  p_t = softmax(W u_t),  Q = Σ_t γ^t q_t,  P = Σ_t γ^t p_t
+    s = cos(P, Q),          r = 1 / (1 + exp(−k (s − x0)))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@torch.no_grad()
+def decayed_distribution(states: torch.Tensor, lm_head: torch.nn.Module, gamma: float) -> torch.Tensor:
+    """Σ_t γ^t softmax(W h_t). states: [..., N, d] -> float32 [..., vocab]."""
+    w = lm_head.weight
+    logits = lm_head(states.to(device=w.device, dtype=w.dtype)).float()
+    probs = torch.softmax(logits, dim=-1)
+    n = states.shape[-2]
+    decay = gamma ** torch.arange(n, dtype=torch.float32, device=probs.device)
+    return (probs * decay[:, None]).sum(-2)
+
+
+@torch.no_grad()
+def similarity(states: torch.Tensor, prototype: torch.Tensor, lm_head: torch.nn.Module, gamma: float = 0.3) -> torch.Tensor:
+    """s = cos(P, Q) per example. states: [b, N, d]; prototype: [N, d] -> float32 [b]."""
+    if states.shape[-2:] != prototype.shape:
+        raise ValueError(f"states {tuple(states.shape)} and prototype {tuple(prototype.shape)} disagree on (N, d).")
+    q = decayed_distribution(states, lm_head, gamma)
+    p = decayed_distribution(prototype[None], lm_head, gamma)
+    return torch.nn.functional.cosine_similarity(q, p.expand_as(q), dim=-1).cpu()
+
+
+@dataclass
+class Calibration:
+    """r = sigmoid(k (s − x0)); ``method`` says how (x0, k) were obtained.
+
+    Attributes:
+        x0, k: the sigmoid's centre and slope.
+        method: "official" (x0 = mean s, k = ln 99 / (1 − x0)), "logistic", "preset:<name>" or "manual".
+        auroc: AUROC of s for unsafe vs safe on the calibration set (None for presets).
+        n_unsafe, n_safe: calibration set sizes.
+    """
+
+    x0: float
+    k: float
+    method: str = "manual"
+    auroc: float | None = None
+    n_unsafe: int = 0
+    n_safe: int = 0
+
+    def risk(self, s: torch.Tensor | float) -> torch.Tensor:
+        """r in (0, 1) for similarity scores s."""
+        return torch.sigmoid(self.k * (torch.as_tensor(s, dtype=torch.float64) - self.x0)).float()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str) -> Calibration:
+        """The official hard-coded constants (LLaVA-1.5 7B / 13B)."""
+        if name not in PRESETS:
+            raise KeyError(f"Unknown preset {name!r}; available: {', '.join(PRESETS)}.")
+        x0, k = PRESETS[name]
+        return cls(x0, k, f"preset:{name}")
+
+    @classmethod
+    def fit(cls, scores: Sequence[float] | torch.Tensor, labels: Sequence[bool] | torch.Tensor, *,
+            method: str = "official") -> Calibration:
+        """Fit (x0, k) from similarity scores and labels (True = unsafe).
+
+        ``official``: x0 = mean(s), k = ln(99) / (1 − x0) (so r = 0.99 at s = 1), as the authors did.
+        ``logistic``: maximum-likelihood logistic regression of the label on s (k = slope, x0 = −b / k).
+        """
+        s = torch.as_tensor(scores, dtype=torch.float64).flatten()
+        y = torch.as_tensor(labels, dtype=torch.bool).flatten()
+        if s.numel() == 0:
+            raise ValueError("Empty calibration set: give unsafe and safe image-question pairs.")
+        if s.numel() != y.numel():
+            raise ValueError(f"{s.numel()} scores but {y.numel()} labels.")
+        if not torch.isfinite(s).all():
+            raise ValueError("Calibration scores contain NaN/Inf.")
+        n_u, n_s = int(y.sum()), int((~y).sum())
+        if n_u == 0 or n_s == 0:
+            raise ValueError(f"The calibration set needs both classes; got {n_u} unsafe and {n_s} safe examples.")
+        auc = auroc(s, y)
+        if method == "official":
+            x0 = float(s.mean())
+            if x0 >= 1.0:
+                raise ValueError("mean similarity is 1: the official slope ln 99 / (1 − x0) is undefined.")
+            return cls(x0, math.log(99.0) / (1.0 - x0), "official", auc, n_u, n_s)
+        if method == "logistic":
+            a, b = _logistic(s, y.double())
+            if abs(a) < 1e-12:
+                raise ValueError("Logistic fit found no dependence of the label on s.")
+            return cls(-b / a, a, "logistic", auc, n_u, n_s)
+        raise ValueError(f"method={method!r}: use 'official' or 'logistic'.")
+
+
+PRESETS: dict[str, tuple[float, float]] = {
+    "llava-1.5-7b": (0.712, 15.955),
+    "llava-1.5-13b": (0.741, 17.811),
+}
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mann–Whitney AUROC with average ranks for ties (positives = True)."""
+    s = scores.double().flatten()
+    y = labels.bool().flatten()
+    order = torch.argsort(s)
+    ranks = torch.empty_like(s)
+    sorted_s = s[order]
+    i = 0
+    n = s.numel()
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logistic(s: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, iters: int = 100) -> tuple[float, float]:
+    """Newton's method for p = sigmoid(a s + b) with a tiny ridge; returns (a, b)."""
+    x = torch.stack([s, torch.ones_like(s)], dim=1)
+    w = torch.zeros(2, dtype=torch.float64)
+    for _ in range(iters):
+        p = torch.sigmoid(x @ w)
+        g = x.T @ (p - y) + l2 * w
+        h = (x * (p * (1 - p))[:, None]).T @ x + l2 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(h, g)
+        w = w - step
+        if step.abs().max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])

@@ -1,0 +1,111 @@
+"""``MoRASTrace``: every intermediate state of one query through the pipeline, serialisable."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class MoRASTrace:
+    """One query through MoRAS (or a baseline; unused stages stay empty).
+
+    Attributes:
+        question: the original question; ``id``/``label`` as given by the dataset.
+        method: "moras", "no_defence", "fixed_r", "adashield_s", "ecso", ...
+        prompts: the texts as sent to the model per stage ("context", "risk", "answer"), chat template applied.
+        visual_context: stage-1 output; ``reformulated`` = context + " " + question.
+        stage2_tokens: the N greedy stage-2 tokens; ``stage2_topk``: per step, the top-k (token, prob).
+        similarity: s = cos(P, Q); ``risk``: r actually applied (after binary/fixed variants).
+        displacement_norms: ‖r (u_t − h_t)‖ per steered step.
+        answer: the final answer; ``stage_times``: seconds per stage (batch time / batch size);
+        token_counts: prompt and generated tokens per stage.
+        stage2_states: float32 [N, d] last-position post-norm states of stage 2 (optional).
+        attention: cross-modal attention objects (e.g. "plain", "reformulated"), kept in memory only;
+            save them with ``CrossModalAttention.save``.
+    """
+
+    question: str
+    method: str = "moras"
+    id: str | None = None
+    label: str | None = None
+    image_size: tuple[int, int] | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    visual_context: str | None = None
+    reformulated: str | None = None
+    stage2_tokens: list[str] = field(default_factory=list)
+    stage2_topk: list[list[tuple[str, float]]] = field(default_factory=list)
+    similarity: float | None = None
+    risk: float | None = None
+    displacement_norms: list[float] = field(default_factory=list)
+    answer: str = ""
+    stage_times: dict[str, float] = field(default_factory=dict)
+    token_counts: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    stage2_states: torch.Tensor | None = None
+    attention: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("stage2_states")
+        d.pop("attention")
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        """Writes ``path`` (.json) and, if states were kept, ``path`` with suffix .safetensors; atomically."""
+        p = Path(path).with_suffix(".json")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if self.stage2_states is not None:
+            st = p.with_suffix(".safetensors")
+            tmp = st.with_name(st.name + ".tmp")
+            save_file({"stage2_states": self.stage2_states.contiguous()}, str(tmp))
+            os.replace(tmp, st)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        os.replace(tmp, p)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> MoRASTrace:
+        p = Path(path).with_suffix(".json")
+        d = json.loads(p.read_text(encoding="utf-8"))
+        d["image_size"] = tuple(d["image_size"]) if d.get("image_size") else None
+        d["stage2_topk"] = [[(str(t), float(v)) for t, v in step] for step in d.get("stage2_topk", [])]
+        st = p.with_suffix(".safetensors")
+        states = load_file(str(st))["stage2_states"] if st.exists() else None
+        return cls(**d, stage2_states=states)
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        rows = [("method", self.method), ("question", self.question), ("visual context", self.visual_context or "—"),
+                ("stage-2 tokens", " ".join(self.stage2_tokens) or "—"),
+                ("similarity s", f"{self.similarity:.4f}" if self.similarity is not None else "—"),
+                ("risk r", f"{self.risk:.4f}" if self.risk is not None else "—"),
+                ("displacement", ", ".join(f"{x:.3g}" for x in self.displacement_norms) or "—"),
+                ("answer", self.answer),
+                ("times (s)", ", ".join(f"{k}: {v:.3f}" for k, v in self.stage_times.items()))]
+        body = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
+        topk = "".join(
+            f"<tr><th>t={t}</th><td>{e(', '.join(f'{tok!r}: {p:.2f}' for tok, p in step))}</td></tr>"
+            for t, step in enumerate(self.stage2_topk))
+        return f"<table>{body}{topk}</table>"
+
+    def summary_figure(self) -> Any:
+        """Plotly bar chart of the stage-2 top-k next-token distributions with s and r in the title."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for t, step in enumerate(self.stage2_topk):
+            fig.add_bar(name=f"step {t}", x=[tok for tok, _ in step], y=[p for _, p in step])
+        s = "—" if self.similarity is None else f"{self.similarity:.3f}"
+        r = "—" if self.risk is None else f"{self.risk:.3f}"
+        fig.update_layout(title=f"stage-2 next-token distributions · s = {s} · r = {r}", barmode="group",
+                          yaxis_title="probability")
+        return fig
