@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ class MoRASConfig:
         risk_mode: "continuous" (r) or "binary" (1 if r ≥ threshold else 0).
         steer_hooks: where stage 3 steers (the prototype must have states there).
         top_k: how many stage-2 next-token probabilities to keep. keep_states: keep stage-2 states.
+        attention_edits: ``moras_interp.attention.interventions`` edits applied in ``attention_edit_stages``
+            ("context", "risk", "answer") — the official code's attention ablations.
     """
 
     n_tokens: int = 3
@@ -48,6 +51,8 @@ class MoRASConfig:
     steer_hooks: tuple[str, ...] = (FINAL,)
     top_k: int = 5
     keep_states: bool = True
+    attention_edits: list[Any] = field(default_factory=list)
+    attention_edit_stages: tuple[str, ...] = ("answer",)
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,6 +111,13 @@ class MoRAS:
         return m
 
     # ------------------------------------------------------------------ stages
+    def _edits(self, stage: str, batch: Any) -> Any:
+        if not self.config.attention_edits or stage not in self.config.attention_edit_stages:
+            return nullcontext()
+        from moras_interp.attention.interventions import attention_edits
+
+        return attention_edits(self.model, self.config.attention_edits, layouts=batch.layouts)
+
     def _chunks(self, n: int, batch_size: int, progress: bool, desc: str) -> Any:
         if n == 0:
             raise ValueError("MoRAS.run got an empty batch of questions.")
@@ -114,7 +126,8 @@ class MoRAS:
     def _stage1(self, traces: list[MoRASTrace], images: list[Any]) -> None:
         cfg, t0 = self.config, time.perf_counter()
         batch = self.model.prepare(images, [cfg.context_prompt] * len(traces))
-        gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
+        with self._edits("context", batch):
+            gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
         for tr, text, ctx in zip(traces, batch.texts, gen.texts):
             tr.prompts["context"], tr.visual_context = text, ctx
@@ -126,7 +139,8 @@ class MoRAS:
         for tr in traces:
             tr.reformulated = reformulate(tr.visual_context or "", tr.question) if cfg.use_context else tr.question
         batch = self.model.prepare(images, [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces])
-        gen, st = generate_with_states(self.model, batch, cfg.n_tokens)
+        with self._edits("risk", batch):
+            gen, st = generate_with_states(self.model, batch, cfg.n_tokens)
         h = st[FINAL]
         lm_head = self.model.adapter.module(self.model.adapter.lm_head)
         s = similarity(h, self.prototype.final, lm_head, cfg.gamma)
@@ -163,10 +177,8 @@ class MoRAS:
         t0 = time.perf_counter()
         batch = self.model.prepare(images, [t.question for t in traces])
         norms: list[torch.Tensor] = []
-        if bool((r != 0).any()):
-            with interpolate_towards(self.model, self.targets, r, norms=norms):
-                gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
-        else:
+        steer = interpolate_towards(self.model, self.targets, r, norms=norms) if bool((r != 0).any()) else nullcontext()
+        with steer, self._edits("answer", batch):
             gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
         for i, tr in enumerate(traces):
@@ -180,7 +192,8 @@ class MoRAS:
     def _new_traces(self, images: Sequence[ImageInput], questions: Sequence[str], method: str) -> list[MoRASTrace]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions.")
-        cfg = {k: v for k, v in vars(self.config).items() if k != "generate_kwargs"}
+        cfg = {k: v for k, v in vars(self.config).items() if k not in ("generate_kwargs", "attention_edits")}
+        cfg["attention_edits"] = [type(e).__name__ for e in self.config.attention_edits]
         return [MoRASTrace(question=q, method=method, config=cfg,
                            image_size=getattr(im, "size", None)) for im, q in zip(images, questions)]
 

@@ -1,0 +1,112 @@
+"""A grid runner over named factors → a tidy pandas table, cached per setting and resumable.
+
+    grid = {"n_tokens": [1, 3], "gamma": [0.0, 0.3], "fixed_r": [None, 0.5]}
+    df = run_grid(grid, moras_evaluator(model, prototype, calibration), dataset, out="runs/ablate")
+
+Each setting (one combination of factor values) is evaluated on the whole dataset by the evaluator,
+which returns one row (a dict of metrics) per example. Finished settings are written atomically to
+``out/settings/<key>.json``; a rerun skips them, so an interrupted grid resumes without losing work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+Setting = dict[str, Any]
+Evaluator = Callable[[Setting, Sequence[Any]], list[dict[str, Any]]]
+
+
+def settings_of(factors: dict[str, Sequence[Any]]) -> list[Setting]:
+    """All combinations of factor values (cartesian product), in a stable order."""
+    if not factors:
+        return [{}]
+    for k, v in factors.items():
+        if len(v) == 0:
+            raise ValueError(f"Factor {k!r} has no values.")
+    names = list(factors)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(factors[n] for n in names))]
+
+
+def setting_key(setting: Setting) -> str:
+    """A short stable id of a setting (sha1 of its sorted JSON)."""
+    blob = json.dumps(setting, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_grid(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequence[Any], *,
+             out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Evaluate every setting on ``dataset``; returns one row per (example, setting).
+
+    Columns: the factor names, ``setting`` (key), ``example`` (index) and the evaluator's metrics.
+    With ``out``, each finished setting is cached and reused on the next call (resume).
+    """
+    if len(dataset) == 0:
+        raise ValueError("run_grid got an empty dataset.")
+    cache_dir = None
+    if out is not None:
+        cache_dir = Path(out) / "settings"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for setting in tqdm(settings_of(factors), desc="ablation grid", disable=not progress):
+        key = setting_key(setting)
+        path = cache_dir / f"{key}.json" if cache_dir is not None else None
+        if path is not None and path.exists():
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("setting") == json.loads(json.dumps(setting, default=str)) and \
+                    cached.get("n") == len(dataset):
+                rows += cached["rows"]
+                continue
+        res = evaluate(setting, dataset)
+        if len(res) != len(dataset):
+            raise RuntimeError(f"The evaluator returned {len(res)} rows for {len(dataset)} examples.")
+        srows = [{**setting, "setting": key, "example": i, **r} for i, r in enumerate(res)]
+        if path is not None:
+            _write_json_atomic(path, {"setting": setting, "n": len(dataset), "rows": srows})
+        rows += json.loads(json.dumps(srows, default=str)) if path is not None else srows
+    df = pd.DataFrame(rows)
+    if out is not None:
+        df.to_csv(Path(out) / "results.csv", index=False)
+    return df
+
+
+def metric_vs_factor(df: pd.DataFrame, factor: str, metric: str, *, color: str | None = None, title: str = "") -> Any:
+    """Plotly line/marker figure of the mean metric per factor value (one line per ``color`` value)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    groups = [(None, df)] if color is None else list(df.groupby(color, dropna=False))
+    for name, g in groups:
+        agg = g.groupby(factor, dropna=False)[metric].mean().reset_index()
+        fig.add_scatter(x=agg[factor].astype(str), y=agg[metric], mode="lines+markers",
+                        name=str(name) if color else metric)
+    fig.update_layout(title=title or f"{metric} vs {factor}", xaxis_title=factor, yaxis_title=metric)
+    return fig
+
+
+def two_factor_heatmap(df: pd.DataFrame, x: str, y: str, metric: str, *, title: str = "") -> Any:
+    """Plotly heatmap of the mean metric over two factors."""
+    import plotly.graph_objects as go
+
+    piv = df.pivot_table(index=y, columns=x, values=metric, aggfunc="mean", dropna=False)
+    fig = go.Figure(go.Heatmap(z=piv.values, x=[str(c) for c in piv.columns], y=[str(i) for i in piv.index],
+                               colorscale="Viridis", colorbar={"title": metric}))
+    fig.update_layout(title=title or f"{metric} over {x} × {y}", xaxis_title=x, yaxis_title=y)
+    return fig
