@@ -1,0 +1,299 @@
+"""An on-disk activation store for long, resumable collection runs.
+
+    store = ActivationStore.open_or_create("runs/l20", {"model_id": "llava-hf/llava-1.5-7b-hf", "hooks": [hook],
+        "positions": "last", "dataset_fingerprint": dataset_fingerprint(serialised_examples), "dtype": "float32",
+        "shard_size": 64, "n_examples": 1000})
+    for k in store.missing_shards():                      # examples store.shard_range(k) = (start, stop)
+        store.write_shard(k, {hook: acts, "labels": labels})                    # acts [stop - start, d]
+    x = store.load(hook)                                                        # [n, d]
+
+On disk: ``root/manifest.json`` (identity fields, dtype, shard size, n_examples, completed shards with
+their sha256) and ``root/shard_{k:05d}.safetensors`` holding ``{hook_name: [n_in_shard, ...]}`` plus
+optional ``labels`` / ``index`` tensors. Every write goes to a temporary file in the same directory, is
+fsynced and moved into place with ``os.replace``; the manifest is rewritten the same way after each shard,
+so a killed run leaves only complete shards behind. ``root=None`` keeps everything in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+FORMAT = "moras_interp.activation_store/1"
+IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
+EXTRA_TENSORS = ("labels", "index")
+MANIFEST = "manifest.json"
+_TMP_PREFIX = ".tmp-"
+
+
+class StoreWarning(UserWarning):
+    """A shard on disk failed verification and will be recomputed."""
+
+def dataset_fingerprint(items: Iterable[str | bytes]) -> str:
+    """sha256 (hex) over already-serialised examples (e.g. prompt text, image bytes), order-sensitive.
+
+    Each item is length-prefixed and type-tagged, so ["ab", "c"] and ["a", "bc"] differ.
+    """
+    h = hashlib.sha256()
+    n = 0
+    for item in items:
+        if isinstance(item, str):
+            data, tag = item.encode("utf-8"), b"s"
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            data, tag = bytes(item), b"b"
+        else:
+            raise TypeError(f"dataset_fingerprint takes str or bytes items, got {type(item).__name__} at item {n}.")
+        h.update(tag + len(data).to_bytes(8, "little") + data)
+        n += 1
+    h.update(b"n" + n.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def _jsonable(x: Any, what: str) -> Any:
+    """JSON round trip (tuples -> lists) so stored and requested values compare equal."""
+    try:
+        return json.loads(json.dumps(x))
+    except TypeError as e:
+        raise TypeError(f"{what} must be JSON-serialisable: {e}") from e
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to a temp file in path's directory, fsync, then os.replace onto path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    with contextlib.suppress(OSError):           # make the rename itself durable (POSIX; best effort)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class ActivationStore:
+    """Shards of activations {hook: [n_in_shard, ...]} under ``root`` (or in memory when root is None).
+
+    ``manifest`` must give the identity fields ``IDENTITY_FIELDS`` (model_id, hooks, positions,
+    dataset_fingerprint, dtype, shard_size); ``n_examples`` and ``arch`` are recommended, any other
+    JSON-able keys are kept. Opening a root whose manifest has different identity fields raises; shards
+    whose sha256 no longer matches are dropped (with a ``StoreWarning``) and must be recomputed.
+    """
+
+    def __init__(self, root: str | os.PathLike | None, manifest: dict[str, Any]) -> None:
+        self.root = None if root is None else Path(root)
+        self.manifest = self._normalise(manifest)
+        self._memory: dict[int, bytes] = {}
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(_TMP_PREFIX + "*"):          # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
+        path = self.root / MANIFEST
+        if path.exists():
+            old = self._read_manifest(path)
+            diffs = [f"  {k}: existing {old.get(k)!r} != requested {self.manifest[k]!r}"
+                     for k in IDENTITY_FIELDS if old.get(k) != self.manifest[k]]
+            if diffs:
+                raise ValueError(f"{self.root} holds activations from a different run:\n" + "\n".join(diffs)
+                                 + "\nUse another directory, or delete this one to start over.")
+            self.manifest["shards"] = old.get("shards", {})
+            self._verify()
+        self._write_manifest()
+
+    @classmethod
+    def open_or_create(cls, root: str | os.PathLike | None, manifest: dict[str, Any]) -> ActivationStore:
+        """Resume the store at ``root`` if its identity matches ``manifest``, else create it."""
+        return cls(root, manifest)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> ActivationStore:
+        """Open an existing store for reading, with the identity it was created with."""
+        path = Path(root) / MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"no activation store at {root}: {path} does not exist.")
+        return cls(root, cls._read_manifest(path))
+
+    # ---- manifest ---------------------------------------------------------------------------------
+    @staticmethod
+    def _normalise(manifest: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in IDENTITY_FIELDS if k not in manifest]
+        if missing:
+            raise ValueError(f"manifest is missing required fields {missing} (needs {list(IDENTITY_FIELDS)}).")
+        m = {k: v for k, v in manifest.items() if k not in ("shards", "format")}
+        dtype = str(m["dtype"]).removeprefix("torch.")
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {m['dtype']!r} in manifest.")
+        m = _jsonable(m | {"dtype": dtype, "hooks": [str(h) for h in m["hooks"]]}, "manifest")
+        if not m["hooks"] or len(set(m["hooks"])) != len(m["hooks"]) or set(m["hooks"]) & set(EXTRA_TENSORS):
+            raise ValueError(f"hooks must be distinct, non-empty and not {EXTRA_TENSORS}, got {m['hooks']}.")
+        if not isinstance(m["shard_size"], int) or m["shard_size"] < 1:
+            raise ValueError(f"shard_size must be a positive int, got {m['shard_size']!r}.")
+        if m.get("n_examples") is not None and (not isinstance(m["n_examples"], int) or m["n_examples"] < 0):
+            raise ValueError(f"n_examples must be a non-negative int, got {m['n_examples']!r}.")
+        return {"format": FORMAT, **m, "shards": {}}
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"corrupt activation-store manifest {path}: {e}. Delete the directory to start over.") from e
+        if not isinstance(old, dict):
+            raise ValueError(f"corrupt activation-store manifest {path}: expected a JSON object.")
+        missing = [k for k in (*IDENTITY_FIELDS, "shards") if k not in old]
+        if missing or not isinstance(old["shards"], dict):
+            raise ValueError(f"corrupt activation-store manifest {path}: missing or invalid keys "
+                             f"{missing or ['shards']}. Delete the directory to start over.")
+        return old
+
+    def _write_manifest(self) -> None:
+        if self.root is not None:
+            _atomic_write(self.root / MANIFEST, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
+
+    def _verify(self) -> None:
+        """Drop shards whose file is missing or whose sha256 differs from the manifest."""
+        for key, info in list(self.manifest["shards"].items()):
+            path = self._shard_path(int(key))
+            if not path.exists():
+                problem = "is missing"
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
+                problem = "does not match its sha256 in the manifest"
+            else:
+                continue
+            warnings.warn(f"{path} {problem}: shard {key} will be recomputed.", StoreWarning, stacklevel=4)
+            del self.manifest["shards"][key]
+
+    # ---- shards -----------------------------------------------------------------------------------
+    hooks = property(lambda self: list(self.manifest["hooks"]), doc="Hook names stored.")
+    shard_size = property(lambda self: int(self.manifest["shard_size"]), doc="Examples per shard.")
+
+    @property
+    def n_shards(self) -> int | None:
+        """Number of shards the full dataset needs (None when n_examples is unknown)."""
+        n = self.manifest.get("n_examples")
+        return None if n is None else -(-n // self.shard_size)
+
+    def shard_range(self, k: int) -> tuple[int, int]:
+        """(start, stop) example indices covered by shard k."""
+        start = k * self.shard_size
+        n = self.manifest.get("n_examples")
+        return start, (start + self.shard_size if n is None else min(start + self.shard_size, n))
+
+    def _shard_path(self, k: int) -> Path:
+        assert self.root is not None
+        return self.root / f"shard_{k:05d}.safetensors"
+
+    def has_shard(self, k: int) -> bool:
+        return str(k) in self.manifest["shards"]
+
+    def completed_shards(self) -> list[int]:
+        return sorted(int(k) for k in self.manifest["shards"])
+
+    def missing_shards(self) -> list[int]:
+        """Shards still to compute, in order (needs n_examples)."""
+        if self.n_shards is None:
+            raise ValueError("missing_shards() needs n_examples in the manifest.")
+        return [k for k in range(self.n_shards) if not self.has_shard(k)]
+
+    def is_complete(self) -> bool:
+        return self.n_shards is not None and not self.missing_shards()
+
+    def write_shard(self, k: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
+        """Store shard k: {hook: [n_in_shard, ...]} for every hook, plus optional labels/index [n_in_shard].
+
+        Hook tensors are cast to the store dtype; ``meta`` (JSON-able) goes in the shard header and the
+        manifest. Returns the shard's sha256. Raises ValueError on non-finite values (naming the hook),
+        missing/unknown keys or inconsistent lengths.
+        """
+        if not isinstance(k, int) or k < 0 or (self.n_shards is not None and k >= self.n_shards):
+            raise ValueError(f"shard index {k!r} out of range [0, {self.n_shards}).")
+        unknown = sorted(set(tensors) - set(self.hooks) - set(EXTRA_TENSORS))
+        missing = [h for h in self.hooks if h not in tensors]
+        if unknown or missing:
+            raise ValueError(f"shard {k}: missing hooks {missing}, unknown keys {unknown} (hooks: {self.hooks}).")
+        start, stop = self.shard_range(k)
+        want = stop - start if self.manifest.get("n_examples") is not None else None
+        dtype = getattr(torch, self.manifest["dtype"])
+        out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            t = torch.as_tensor(t).detach().cpu()
+            if want is None and t.ndim:
+                want = int(t.shape[0])
+            if t.ndim == 0 or t.shape[0] != want:
+                raise ValueError(f"shard {k}: {name!r} has shape {tuple(t.shape)}; every tensor needs "
+                                 f"{want} examples along dim 0.")
+            if name in self.hooks:
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"activations contain NaN/Inf at hook {name!r} (shard {k}): "
+                                     "check dtype overflow (use float32) or the input.")
+                t = t.to(dtype)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"activations at hook {name!r} (shard {k}) overflow {self.manifest['dtype']}: "
+                                     "use a wider store dtype (float32).")
+            out[name] = t.contiguous()
+        meta = _jsonable(meta or {}, "shard meta")
+        data = st_save(out, metadata={"moras_interp.shard": json.dumps({"k": k, "meta": meta}, sort_keys=True)})
+        sha = hashlib.sha256(data).hexdigest()
+        if self.root is None:
+            self._memory[k] = data
+        else:
+            _atomic_write(self._shard_path(k), data)
+        self.manifest["shards"][str(k)] = {"sha256": sha, "n": len(next(iter(out.values()))), "meta": meta}
+        self._write_manifest()
+        return sha
+
+    def read_shard(self, k: int) -> dict[str, torch.Tensor]:
+        """The tensors of completed shard k."""
+        if not self.has_shard(k):
+            raise KeyError(f"shard {k} has not been written (completed: {self.completed_shards()}).")
+        data = self._memory[k] if self.root is None else self._shard_path(k).read_bytes()
+        return st_load(data)
+
+    def load(self, name: str, *, allow_partial: bool = False) -> torch.Tensor:
+        """Tensor ``name`` concatenated over shards in order: [n, ...].
+
+        Raises if shards are missing unless ``allow_partial`` (then only completed shards are used).
+        """
+        if name not in self.hooks and name not in EXTRA_TENSORS:
+            raise KeyError(f"unknown tensor {name!r}; hooks are {self.hooks}, extras {list(EXTRA_TENSORS)}.")
+        done = self.completed_shards()
+        if not allow_partial and self.n_shards is not None and len(done) < self.n_shards:
+            raise ValueError(f"store incomplete: missing shards {self.missing_shards()} "
+                             "(finish the run or pass allow_partial=True).")
+        if not done:
+            raise ValueError("store has no completed shards.")
+        parts = []
+        for k in done:
+            shard = self.read_shard(k)
+            if name not in shard:
+                raise KeyError(f"shard {k} has no {name!r} tensor.")
+            parts.append(shard[name])
+        return torch.cat(parts)
+
+    def labels(self, *, allow_partial: bool = False) -> torch.Tensor:
+        """The ``labels`` tensor over all shards: [n] (``load("index")`` gives the index likewise)."""
+        return self.load("labels", allow_partial=allow_partial)
+
+    def __repr__(self) -> str:
+        total = "?" if self.n_shards is None else self.n_shards
+        where = "memory" if self.root is None else str(self.root)
+        return (f"ActivationStore({where}, model={self.manifest['model_id']!r}, hooks={len(self.hooks)}, "
+                f"shards {len(self.completed_shards())}/{total})")

@@ -1,0 +1,292 @@
+"""Plotly figures: score heatmaps over the original image, layer x head grids, small multiples.
+
+Pixel geometry: every image panel uses continuous original-image pixel coordinates — pixel
+``(row i, col j)`` is the cell ``[j, j+1) x [i, i+1)``, x to the right, y DOWN (the y range is
+``[H, 0]``), aspect ratio locked to 1. The image (``go.Image``, PNG data URI) and the heat
+(``go.Heatmap``) both centre their first pixel at ``(0.5, 0.5)`` with unit steps, so a score painted
+over box ``(x0, y0, x1, y1)`` by :func:`~moras_interp.viz.raster.token_map` lies exactly over those
+image pixels, and a risky-region rectangle drawn with the same numbers lines up with both.
+
+The figures use only a small vocabulary (Image, Heatmap, rect shapes, paper annotations, titles,
+colourbars) so that :func:`moras_interp.viz.mpl.figure_to_matplotlib` can render any of them
+without a browser — the figure itself is the single source of truth for HTML and PNG export.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+from plotly.subplots import make_subplots
+
+Box = tuple[float, float, float, float]
+ImageLike = Image.Image | np.ndarray | None
+
+BOX_COLOR = "#00e5ff"
+_MARGIN = {"l": 60, "r": 110, "t": 70, "b": 50}
+
+
+def _image_size(image: ImageLike, heat: np.ndarray) -> tuple[int, int]:
+    """``(W, H)`` of the panel: the image's size, or the heat's shape when there is no image."""
+    if image is None:
+        return int(heat.shape[1]), int(heat.shape[0])
+    if isinstance(image, Image.Image):
+        return image.size
+    return int(image.shape[1]), int(image.shape[0])
+
+
+def _image_trace(image: ImageLike) -> go.Image | None:
+    """``go.Image`` of the picture as a PNG data URI, pixel ``(0, 0)`` centred at ``(0.5, 0.5)``."""
+    if image is None:
+        return None
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)  # [H, W, 3|4] uint8, or float in [0, 1]
+        image = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype.kind == "f" else arr)
+    pil = image
+    buf = io.BytesIO()
+    pil.convert("RGBA" if "A" in pil.getbands() else "RGB").save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return go.Image(source=uri, x0=0.5, dx=1.0, y0=0.5, dy=1.0, hoverinfo="skip", name="image")
+
+
+def _as_heat(heat: np.ndarray | torch.Tensor) -> np.ndarray:
+    h = heat.detach().cpu().float().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat)
+    if h.ndim != 2:
+        raise ValueError(f"heat must be [H, W], got shape {h.shape}")
+    return h.astype(np.float32)
+
+
+def _heat_trace(
+    heat: np.ndarray, size: tuple[int, int], *, colorscale: str, opacity: float,
+    zmin: float | None, zmax: float | None, zmid: float | None = None,
+    showscale: bool = True, colorbar_title: str = "",
+) -> go.Heatmap:
+    """Heatmap whose cells tile ``[0, W] x [0, H]`` (cell = one pixel when heat is [H, W])."""
+    dx, dy = size[0] / heat.shape[1], size[1] / heat.shape[0]
+    return go.Heatmap(
+        z=heat, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, colorscale=colorscale, opacity=opacity,
+        zmin=zmin, zmax=zmax, zmid=zmid, showscale=showscale, name="heat",
+        colorbar={"title": {"text": colorbar_title, "side": "right"}} if showscale else None,
+        hovertemplate="x=%{x:.0f} y=%{y:.0f}: %{z:.4g}<extra></extra>",
+    )
+
+
+def _pixel_axes(fig: go.Figure, size: tuple[int, int], n: int = 1, ticks: bool = True) -> None:
+    """Axes pair ``n`` (1-based, as numbered by ``make_subplots``) as image axes: x in ``[0, W]``,
+    y in ``[H, 0]`` (downwards), equal scale, the axes box shrunk to the image (no padding)."""
+    sx = "" if n == 1 else str(n)
+    common = {"constrain": "domain", "showgrid": False, "zeroline": False, "showticklabels": ticks,
+              "ticks": "outside" if ticks else ""}
+    fig.layout["xaxis" + sx].update(range=[0, size[0]], **common)
+    fig.layout["yaxis" + sx].update(range=[size[1], 0], scaleanchor="x" + sx, scaleratio=1, **common)
+
+
+def _add_boxes(fig: go.Figure, box: Box | Sequence[Box] | None, xref: str = "x", yref: str = "y") -> None:
+    if box is None:
+        return
+    boxes = [box] if not isinstance(box[0], (tuple, list, np.ndarray, torch.Tensor)) else box
+    for b in boxes:
+        x0, y0, x1, y1 = (float(v) for v in b)
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref=xref, yref=yref,
+                      line={"color": BOX_COLOR, "width": 2}, fillcolor="rgba(0,0,0,0)")
+
+
+def _range(heats: Sequence[np.ndarray], zmin: float | None, zmax: float | None) -> tuple[float, float]:
+    finite = [h[np.isfinite(h)] for h in heats]
+    finite = [f for f in finite if f.size]
+    lo = zmin if zmin is not None else (min(float(f.min()) for f in finite) if finite else 0.0)
+    hi = zmax if zmax is not None else (max(float(f.max()) for f in finite) if finite else 1.0)
+    return (lo, hi) if hi > lo else (lo, lo + 1e-12)
+
+
+def _panel_size(size: tuple[int, int], target: int) -> tuple[int, int]:
+    s = target / max(size)
+    return max(1, round(size[0] * s)), max(1, round(size[1] * s))
+
+
+def heatmap_over_image(
+    image: ImageLike,
+    heat: np.ndarray | torch.Tensor,
+    *,
+    title: str = "",
+    colorscale: str = "Inferno",
+    opacity: float = 0.55,
+    box: Box | Sequence[Box] | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    zmid: float | None = None,
+    colorbar_title: str = "score",
+) -> go.Figure:
+    """The original image with ``heat`` [H, W] overlaid in exact pixel geometry.
+
+    Args:
+        image: PIL image (or [H, W, 3] uint8 array) of size ``(W, H)``; ``None`` draws the heat alone.
+        heat: [H, W] map in original-image pixels (e.g. from :func:`token_map`; NaN = transparent).
+            A heat of another shape is stretched to cover the image (each cell ``W/w x H/h`` pixels).
+        box: an ``(x0, y0, x1, y1)`` risky-region rectangle (or a list of them) in image pixels.
+        zmin, zmax, zmid: colour range (default: the heat's finite min/max).
+    """
+    h = _as_heat(heat)
+    size = _image_size(image, h)
+    fig = go.Figure()
+    img = _image_trace(image)
+    if img is not None:
+        fig.add_trace(img)
+    fig.add_trace(_heat_trace(h, size, colorscale=colorscale, opacity=opacity, zmin=zmin, zmax=zmax,
+                              zmid=zmid, colorbar_title=colorbar_title))
+    _pixel_axes(fig, size)
+    _add_boxes(fig, box)
+    pw, ph = _panel_size(size, 520)
+    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
+                      width=pw + _MARGIN["l"] + _MARGIN["r"], height=ph + _MARGIN["t"] + _MARGIN["b"],
+                      plot_bgcolor="white", paper_bgcolor="white")
+    return fig
+
+
+def difference_map(
+    image: ImageLike,
+    heat_a: np.ndarray | torch.Tensor,
+    heat_b: np.ndarray | torch.Tensor,
+    *,
+    title: str = "",
+    colorscale: str = "RdBu_r",
+    opacity: float = 0.7,
+    box: Box | Sequence[Box] | None = None,
+    colorbar_title: str = "A − B",
+) -> go.Figure:
+    """``heat_a - heat_b`` [H, W] over the image on a diverging colourscale centred at 0."""
+    d = _as_heat(heat_a) - _as_heat(heat_b)
+    finite = d[np.isfinite(d)]
+    m = float(np.abs(finite).max()) if finite.size else 0.0
+    m = m if m > 0 else 1e-12
+    return heatmap_over_image(image, d, title=title, colorscale=colorscale, opacity=opacity, box=box,
+                              zmin=-m, zmax=m, zmid=0.0, colorbar_title=colorbar_title)
+
+
+def layer_head_grid(
+    mass: torch.Tensor | np.ndarray,
+    *,
+    title: str = "",
+    zlabel: str = "image-attention mass",
+    colorscale: str = "Viridis",
+    highlight: Sequence[tuple[int, int]] | None = None,
+) -> go.Figure:
+    """Layer x head heatmap of ``mass`` [L, H] (layer 0 at the top); ``highlight`` outlines (l, h) cells."""
+    m = mass.detach().cpu().float().numpy() if isinstance(mass, torch.Tensor) else np.asarray(mass, float)
+    if m.ndim != 2:
+        raise ValueError(f"mass must be [L, H], got shape {m.shape}")
+    n_layers, n_heads = m.shape
+    fig = go.Figure(go.Heatmap(
+        z=m, x0=0, dx=1, y0=0, dy=1, colorscale=colorscale, colorbar={"title": {"text": zlabel, "side": "right"}},
+        hovertemplate="layer %{y}, head %{x}: %{z:.4g}<extra></extra>",
+    ))
+    for layer, head in highlight or []:
+        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                      xref="x", yref="y", line={"color": BOX_COLOR, "width": 2}, fillcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False)
+    fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False)
+    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
+                      width=max(420, 18 * n_heads + 260), height=max(320, 14 * n_layers + 160),
+                      plot_bgcolor="white", paper_bgcolor="white")
+    return fig
+
+
+def small_multiples(
+    heats: Sequence[np.ndarray | torch.Tensor],
+    image: ImageLike,
+    titles: Sequence[str],
+    cols: int = 4,
+    *,
+    title: str = "",
+    colorscale: str = "Inferno",
+    opacity: float = 0.55,
+    box: Box | Sequence[Box] | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorbar_title: str = "score",
+    panel_px: int = 220,
+) -> go.Figure:
+    """One panel per heat [H, W] (e.g. per layer) over the same image, sharing one colour range."""
+    hs = [_as_heat(h) for h in heats]
+    if not hs:
+        raise ValueError("small_multiples needs at least one heat map")
+    if len(titles) != len(hs):
+        raise ValueError(f"{len(hs)} heats but {len(titles)} titles")
+    size = _image_size(image, hs[0])
+    lo, hi = _range(hs, zmin, zmax)
+    cols = max(1, min(cols, len(hs)))
+    rows = math.ceil(len(hs) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles),
+                        horizontal_spacing=0.02, vertical_spacing=0.25 / rows)
+    for i, h in enumerate(hs):
+        r, c = i // cols + 1, i % cols + 1
+        img = _image_trace(image)
+        if img is not None:
+            fig.add_trace(img, row=r, col=c)
+        fig.add_trace(_heat_trace(h, size, colorscale=colorscale, opacity=opacity, zmin=lo, zmax=hi,
+                                  showscale=i == 0, colorbar_title=colorbar_title), row=r, col=c)
+        _pixel_axes(fig, size, n=i + 1, ticks=False)
+        suffix = "" if i == 0 else str(i + 1)
+        _add_boxes(fig, box, xref="x" + suffix, yref="y" + suffix)
+    pw, ph = _panel_size(size, panel_px)
+    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
+                      width=cols * (pw + 8) + _MARGIN["l"] + _MARGIN["r"],
+                      height=rows * (ph + 30) + _MARGIN["t"] + _MARGIN["b"],
+                      plot_bgcolor="white", paper_bgcolor="white")
+    return fig
+
+
+def _ranges(xs: Sequence[int]) -> str:
+    """``[0, 1, 2, 3, 7, 9, 10]`` -> ``"0–3, 7, 9–10"``."""
+    vals = sorted(set(int(x) for x in xs))
+    parts: list[str] = []
+    start = prev = None
+    for v in [*vals, None]:
+        if start is not None and (v is None or v != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}–{prev}")
+            start = None
+        if v is not None and start is None:
+            start = v
+        prev = v
+    return ", ".join(parts)
+
+
+def describe(
+    model_id: str,
+    layers: int | str | Sequence[int] | None = None,
+    heads: int | str | Sequence[int] | Sequence[tuple[int, int]] | None = None,
+) -> str:
+    """A figure title naming model, layers and heads.
+
+    ``describe("llava-hf/llava-1.5-7b-hf", range(8, 16), [(8, 3), (9, 1)])`` ->
+    ``"llava-hf/llava-1.5-7b-hf · layers 8–15 · 2 heads: L8H3, L9H1"``.
+    """
+    parts = [str(model_id)]
+    if layers is not None:
+        if isinstance(layers, str):
+            parts.append(f"layers {layers}")
+        elif isinstance(layers, int):
+            parts.append(f"layer {layers}")
+        else:
+            ls = list(layers)
+            parts.append(f"layer{'s' if len(ls) != 1 else ''} {_ranges(ls)}")
+    if heads is not None:
+        if isinstance(heads, str):
+            parts.append(f"heads {heads}")
+        elif isinstance(heads, int):
+            parts.append(f"head {heads}")
+        else:
+            hs = list(heads)
+            if hs and isinstance(hs[0], (tuple, list)):
+                named = ", ".join(f"L{int(lh[0])}H{int(lh[1])}" for lh in hs[:6])
+                parts.append(f"{len(hs)} head{'s' if len(hs) != 1 else ''}: {named}"
+                             + (", …" if len(hs) > 6 else ""))
+            else:
+                parts.append(f"head{'s' if len(hs) != 1 else ''} {_ranges(hs)}")
+    return " · ".join(parts)
