@@ -104,6 +104,37 @@ def organism_sections(path: Path, report: dict[str, Any]) -> dict[str, str]:
             "Behaviour": report["markdown"] + "\n" + NOTES}
 
 
+def analysis_sections(model: Any, *, n: int = 100, seed: int = 0, n_attention: int = 40) -> dict[str, str]:
+    """The "Attention" and "Separability" sections, measured on held-out scenes with the organism's own contexts."""
+    from moras_interp.organisms import analysis, tasks
+
+    qs = tasks.harmful_image_queries(n, seed=seed) + tasks.benign_image_queries(n, seed=seed)
+    ctx = analysis.visual_contexts(model, [q.image for q in qs], batch_size=25)
+    att = analysis.attention_summary(analysis.attention_study(model, qs[:n_attention], contexts=ctx[:n_attention],
+                                                              batch_size=20))
+    sep = analysis.separability_summary(analysis.separability_study(model, qs, contexts=ctx, batch_size=25))
+    lines = ["| layer | share on hazard box, plain | with own context | ratio to area share, plain | with context "
+             "| image mass, plain | with context |", "|---|---|---|---|---|---|---|"]
+    for layer, r in att.iterrows():
+        lines.append(f"| {layer} | {r['share (plain)']:.3f} | {r['share (reformulated)']:.3f} | "
+                     f"{r['ratio (plain)']:.2f} | {r['ratio (reformulated)']:.2f} | {r['image_mass (plain)']:.2f} | "
+                     f"{r['image_mass (reformulated)']:.2f} |")
+    attention = (
+        f"Last prompt token → image tokens, {n_attention} held-out single-hazard scenes "
+        "(`organisms.analysis.attention_study`, exact rows from `cross_modal_attention`). *share* = fraction of the "
+        "image attention (mean over heads) that lands on the hazard's pixel box (area-weighted patch overlap); "
+        "*ratio* = share / the box's area share (1.0 = no better than uniform); H_n = heads whose image-attention "
+        "mass exceeds 0.2 (a* averaged over them). *plain*: the question alone; *with own context*: the model's "
+        "stage-1 visual context + question (MoRAS reformulation).\n\n" + "\n".join(lines))
+    lines = ["| layer | FDR plain | FDR reformulated |", "|---|---|---|"]
+    lines += [f"| {layer} | {r['plain']:.2f} | {r['reformulated']:.2f} |" for layer, r in sep.iterrows()]
+    separability = (
+        f"Fisher Discriminant Ratio (ε = 1e-3, float64 solve) of last-token residual states after each decoder "
+        f"layer, {n} unsafe vs {n} safe held-out image queries (`organisms.analysis.separability_study`).\n\n"
+        + "\n".join(lines))
+    return {"Attention": attention, "Separability": separability}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m moras_interp.organisms.card --out MODEL_CARD.md [--n N] [--seed S] [--organism NAME]``."""
     ap = argparse.ArgumentParser(description="Write the organism's sections of the model card.")
@@ -111,17 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--organism", default="toy-llava")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sections", default="behaviour,analysis",
+                    help="comma-separated: behaviour (organism sections), analysis (attention, separability)")
     a = ap.parse_args(argv)
+    which = set(a.sections.split(","))
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from moras_interp.organisms import organism_path
     from moras_interp.organisms.evaluate import behaviour_report
 
     path = organism_path(a.organism)
-    model = AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True)
-    report = behaviour_report(model, AutoProcessor.from_pretrained(path), n=a.n, seed=a.seed)
-    write_card(a.out, organism_sections(path, report), merge=True)
-    print(json.dumps(report["rates"], indent=1))
+    if "behaviour" in which:
+        model = AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True)
+        report = behaviour_report(model, AutoProcessor.from_pretrained(path), n=a.n, seed=a.seed)
+        write_card(a.out, organism_sections(path, report), merge=True)
+        print(json.dumps(report["rates"], indent=1))
+    if "analysis" in which:
+        from moras_interp.models.loading import load_model
+
+        write_card(a.out, analysis_sections(load_model(a.organism), n=max(a.n, 100), seed=a.seed), merge=True)
     return 0
 
 
