@@ -1,0 +1,148 @@
+"""Standard evaluators for :func:`moras_interp.ablations.run_grid`.
+
+An evaluator maps ``(setting, dataset) -> one metrics dict per example``. Factor names are the keys of a
+setting:
+
+* :func:`moras_evaluator`: any :class:`~moras_interp.moras.pipeline.MoRASConfig` field (``n_tokens``,
+  ``gamma``, ``fixed_r``, ``use_context``, ``safety_prompt``, ``risk_mode``, ``context_prompt``…) plus
+  the shorthands ``steer_layer`` (int or list of ints: steer ``blocks.{l}.hook_resid_post`` instead of
+  after the final norm; the prototype is rebuilt there), ``mask_top_visual`` (fraction of the top image
+  tokens whose attention is removed in every layer during the answer), ``safety_prompt_on`` (bool) and
+  ``prompt_variant`` (a key of the ``prompt_variants`` dict given to the evaluator, applied to each question).
+  Metrics: ``refused``, ``risk``, ``similarity``, ``latency_s`` and the example's ``label``.
+* :func:`attention_evaluator`: factors ``layer`` (int or "all"), ``heads`` ("all", "top-visual" or a
+  threshold float), ``context`` (bool: reformulate with the model's own visual context) and
+  ``mask_top_visual``; metrics ``share``, ``ratio`` (region share of last-token image attention on the
+  example's ``box``) and ``image_mass``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from moras_interp.attention.interventions import MaskTopImageTokens, attention_edits
+from moras_interp.attention.trace import cross_modal_attention
+from moras_interp.eval.judge import KeywordJudge, RefusalJudge
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _examples
+from moras_interp.moras.prompts import reformulate
+from moras_interp.moras.prototype import UnsafePrototype
+from moras_interp.moras.risk import Calibration
+from moras_interp.moras.states import FINAL
+
+if TYPE_CHECKING:
+    from moras_interp.models.mllm import MLLM
+
+Evaluator = Callable[[dict[str, Any], Sequence[Any]], list[dict[str, Any]]]
+_SHORTHANDS = ("steer_layer", "mask_top_visual", "safety_prompt_on", "prompt_variant")
+
+
+def _label(it: Any) -> str:
+    lab = it[2] if isinstance(it, (tuple, list)) else getattr(it, "label", None)
+    return "unsafe" if lab is True or str(lab).lower() in ("unsafe", "harmful", "1", "true") else "safe"
+
+
+def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None, *,
+                    judge: RefusalJudge | None = None, base: MoRASConfig | None = None, max_new_tokens: int = 24,
+                    batch_size: int = 8, prompt_variants: dict[str, Callable[[str], str]] | None = None,
+                    progress: bool = False) -> Evaluator:
+    """An evaluator running MoRAS (or a fixed-r / ablated variant) per setting; see the module docstring."""
+    judge = judge or KeywordJudge()
+    protos: dict[tuple[int, tuple[str, ...]], UnsafePrototype] = {(prototype.n_tokens, tuple(prototype.states)):
+                                                                  prototype}
+
+    def proto_for(n: int, hooks: tuple[str, ...]) -> UnsafePrototype:
+        for (pn, phooks), p in protos.items():
+            if pn == n and set(hooks) <= set(phooks):
+                return p
+        p = UnsafePrototype.build(model, prototype.prompts or None, n, hooks=hooks, progress=progress)
+        protos[(n, tuple(p.states))] = p
+        return p
+
+    def evaluate(setting: dict[str, Any], dataset: Sequence[Any]) -> list[dict[str, Any]]:
+        cfg = dict(vars(base or MoRASConfig()))
+        unknown = [k for k in setting if k not in cfg and k not in _SHORTHANDS]
+        if unknown:
+            raise KeyError(f"Unknown ablation factor(s) {unknown}: use MoRASConfig fields or {list(_SHORTHANDS)}.")
+        cfg.update({k: v for k, v in setting.items() if k in cfg})
+        if setting.get("steer_layer") is not None:
+            ls = setting["steer_layer"]
+            cfg["steer_hooks"] = tuple(f"blocks.{l}.hook_resid_post" for l in ([ls] if isinstance(ls, int) else ls))
+        if setting.get("safety_prompt_on") is False:
+            cfg["safety_prompt"] = None
+        if setting.get("mask_top_visual"):
+            cfg["attention_edits"] = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))]
+            cfg["attention_edit_stages"] = ("answer",)
+        ims, qs, _ = _examples(dataset)
+        if setting.get("prompt_variant") is not None:
+            if not prompt_variants or setting["prompt_variant"] not in prompt_variants:
+                raise KeyError(f"prompt_variant {setting['prompt_variant']!r} is not in the evaluator's "
+                               f"prompt_variants {sorted(prompt_variants or {})}.")
+            qs = [prompt_variants[setting["prompt_variant"]](q) for q in qs]
+        proto = proto_for(int(cfg["n_tokens"]), tuple(dict.fromkeys((FINAL, *cfg["steer_hooks"]))))
+        m = MoRAS(model, proto, calibration, MoRASConfig(**cfg))
+        t0 = time.perf_counter()
+        traces = m.run(ims, qs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        dt = (time.perf_counter() - t0) / len(traces)
+        refused = judge([t.answer for t in traces], qs)
+        return [{"label": _label(it), "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
+                 "latency_s": dt, "answer": t.answer} for it, t, rf in zip(dataset, traces, refused)]
+
+    return evaluate
+
+
+def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, batch_size: int = 8) -> Evaluator:
+    """An evaluator of the region share of last-token image attention on each example's ``box``.
+
+    Args:
+        contexts: visual contexts per example (index-aligned with the dataset) for ``context=True``; None =
+            generate them once with the model (MoRAS stage 1) on first use.
+    """
+    cache: dict[str, list[str]] = {}
+
+    def evaluate(setting: dict[str, Any], dataset: Sequence[Any]) -> list[dict[str, Any]]:
+        unknown = [k for k in setting if k not in ("layer", "heads", "context", "mask_top_visual")]
+        if unknown:
+            raise KeyError(f"Unknown attention factor(s) {unknown}: use layer, heads, context, mask_top_visual.")
+        ims, qs, _ = _examples(dataset)
+        if setting.get("context"):
+            if contexts is not None:
+                cache["ctx"] = list(contexts)
+            if "ctx" not in cache:
+                from moras_interp.organisms.analysis import visual_contexts
+
+                cache["ctx"] = visual_contexts(model, ims, batch_size=batch_size)
+            qs = [reformulate(c, q) for c, q in zip(cache["ctx"], qs)]
+        layer, heads = setting.get("layer", "all"), setting.get("heads", "all")
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(qs), batch_size):
+            batch = model.prepare(ims[i : i + batch_size], qs[i : i + batch_size])
+            edits = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))] \
+                if setting.get("mask_top_visual") else []
+            with attention_edits(model, edits, layouts=batch.layouts) if edits else nullcontext():
+                att = cross_modal_attention(model, batch, query="last",
+                                            layers=None if layer == "all" else [int(layer)])
+            hs: Any = heads
+            if isinstance(heads, float):
+                hs = att.head_set(threshold=heads) or "all"
+            for j in range(len(batch.layouts)):
+                box = getattr(dataset[i + j], "box", None) or getattr(dataset[i + j], "region", None)
+                if box is None:
+                    raise ValueError(f"Example {i + j} has no box/region: the attention evaluator needs one.")
+                rs = att.region_share(j, box=tuple(box), heads=hs)
+                rows.append({"label": _label(dataset[i + j]), "share": rs.aggregated, "ratio": rs.ratio,
+                             "image_mass": float(att.image_mass(j).mean())})
+        return rows
+
+    return evaluate
+
+
+def fdr_rows(acts_a: torch.Tensor, acts_b: torch.Tensor, **setting: Any) -> list[dict[str, Any]]:
+    """Tidy rows (one per layer) of FDR between two activation sets [L, n, d], tagged with ``setting``."""
+    from moras_interp.activations.separability import fdr_per_layer
+
+    return [{**setting, "layer": l, "fdr": float(v)} for l, v in enumerate(fdr_per_layer(acts_a, acts_b))]
