@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moras_interp.models import interventions as _iv
 from moras_interp.models.interventions import HookContext, InterventionHandle, Steps
 from moras_interp.models.layout import TokenLayout
 
@@ -66,25 +67,33 @@ def position_mask(positions: Any, layouts: list[TokenLayout] | None, shape: tupl
     return m
 
 
-@contextmanager
-def steer(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, positions: Any = "all",
-          mode: str = "add", steps: Steps = None, layouts: list[TokenLayout] | None = None,
-          layers: list[int] | None = None) -> Iterator[InterventionHandle]:
-    """Steer while the block is open (forward passes and every generation step selected by ``steps``).
+POSITION_NAMES = ("all", "last", "image", "instruction", "generated")
 
-    ``mode="add"``: h ← h + α v. ``mode="project_out"``: h ← h − α (h·v̂) v̂ (α = 1 removes the component).
+
+def steering_hooks(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, positions: Any = "all",
+                   mode: str = "add", layers: list[int] | None = None) -> list[tuple[str, Any]]:
+    """The ``(hook name, fn)`` pairs that :func:`steer` installs (validated up front).
+
+    ``alpha``: float or per-example tensor [b]; ``positions``: one of ``POSITION_NAMES`` or bool [b, pos].
     """
     if mode not in ("add", "project_out"):
         raise ValueError(f"mode={mode!r}: use 'add' or 'project_out'.")
+    if not isinstance(positions, torch.Tensor) and positions not in POSITION_NAMES:
+        raise ValueError(f"positions={positions!r}: use one of {list(POSITION_NAMES)} or a bool mask [b, pos].")
+    alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
+    if alpha_t.ndim > 1 or not bool(torch.isfinite(alpha_t).all()):
+        raise ValueError(f"alpha must be a finite float or a per-example tensor [b], got shape {tuple(alpha_t.shape)}.")
     vecs = direction_hooks(direction, layers)
     for name, v in vecs.items():
         model.hook_point(name)
         if v.shape != (model.d_model,) and not name.startswith(("vision.", "projector.")):
             raise ValueError(f"Steering vector for {name} has shape {tuple(v.shape)}, expected ({model.d_model},).")
+        if mode == "project_out" and float(v.norm()) == 0.0:
+            raise ValueError(f"Steering vector for {name} is zero: project_out needs a non-zero direction.")
 
     def make(v: torch.Tensor):
         def fn(h: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-            a = torch.as_tensor(alpha, dtype=torch.float32, device=h.device)
+            a = alpha_t.to(h.device)
             a = a.expand(h.shape[0]) if a.ndim == 0 else a
             if a.shape[0] != h.shape[0]:
                 raise ValueError(f"alpha has {a.shape[0]} entries for a batch of {h.shape[0]}.")
@@ -104,5 +113,28 @@ def steer(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, pos
             return torch.where(mask[..., None], hf + delta, hf).to(h.dtype)
         return fn
 
-    with model.hooks([(n, make(v)) for n, v in vecs.items()], steps=steps, layouts=layouts) as h:
+    return [(n, make(v)) for n, v in vecs.items()]
+
+
+def add_steering(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, positions: Any = "all",
+                 mode: str = "add", steps: Steps = None, layouts: list[TokenLayout] | None = None,
+                 layers: list[int] | None = None) -> InterventionHandle:
+    """Like :func:`steer` but returns the live handle; call ``handle.remove()`` when done."""
+    fwd = steering_hooks(model, direction, alpha=alpha, positions=positions, mode=mode, layers=layers)
+    return _iv.install(model, fwd, steps=steps, layouts=layouts)
+
+
+@contextmanager
+def steer(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, positions: Any = "all",
+          mode: str = "add", steps: Steps = None, layouts: list[TokenLayout] | None = None,
+          layers: list[int] | None = None) -> Iterator[InterventionHandle]:
+    """Steer while the block is open (forward passes and every generation step selected by ``steps``).
+
+    ``mode="add"``: h ← h + α v. ``mode="project_out"``: h ← h − α (h·v̂) v̂ (α = 1 removes the component).
+    ``steps``: None/"all" every forward, "prefill" (= 0), "decode" (≥ 1), an int or ints (0 = prefill,
+    t = t-th decode step); hooks limited to finite steps remove themselves after the last one.
+    The hooks are removed on exit, also after an exception.
+    """
+    fwd = steering_hooks(model, direction, alpha=alpha, positions=positions, mode=mode, layers=layers)
+    with model.hooks(fwd, steps=steps, layouts=layouts) as h:
         yield h

@@ -32,6 +32,7 @@ from safetensors.torch import save as st_save
 
 FORMAT = "moras_interp.activation_store/1"
 IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
+OPTIONAL_IDENTITY = ("identity",)   # compared too when either manifest has it (e.g. model/prompt fingerprints)
 EXTRA_TENSORS = ("labels", "index")
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -88,12 +89,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.close(dfd)
 
 
+def _identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One line per identity field (dict fields: per key, e.g. ``identity.model_fingerprint``) that differs."""
+    out = []
+    for k in (*IDENTITY_FIELDS, *OPTIONAL_IDENTITY):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"  {k}.{s}: existing {a.get(s)!r} != requested {b.get(s)!r}"
+                    for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+        elif a != b:
+            out.append(f"  {k}: existing {a!r} != requested {b!r}")
+    return out
+
+
 class ActivationStore:
     """Shards of activations {hook: [n_in_shard, ...]} under ``root`` (or in memory when root is None).
 
     ``manifest`` must give the identity fields ``IDENTITY_FIELDS`` (model_id, hooks, positions,
-    dataset_fingerprint, dtype, shard_size); ``n_examples`` and ``arch`` are recommended, any other
-    JSON-able keys are kept. Opening a root whose manifest has different identity fields raises; shards
+    dataset_fingerprint, dtype, shard_size); ``n_examples`` and ``arch`` are recommended, an optional
+    ``identity`` dict is compared like them, any other JSON-able keys are kept. Opening a root whose manifest has different identity fields raises; shards
     whose sha256 no longer matches are dropped (with a ``StoreWarning``) and must be recomputed.
     """
 
@@ -109,8 +123,7 @@ class ActivationStore:
         path = self.root / MANIFEST
         if path.exists():
             old = self._read_manifest(path)
-            diffs = [f"  {k}: existing {old.get(k)!r} != requested {self.manifest[k]!r}"
-                     for k in IDENTITY_FIELDS if old.get(k) != self.manifest[k]]
+            diffs = _identity_diffs(old, self.manifest)
             if diffs:
                 raise ValueError(f"{self.root} holds activations from a different run:\n" + "\n".join(diffs)
                                  + "\nUse another directory, or delete this one to start over.")

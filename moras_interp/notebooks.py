@@ -1,0 +1,71 @@
+"""Run the project's notebooks headless with parameters (papermill convention, via nbclient).
+
+The first code cell of each notebook in ``notebooks/`` is tagged ``parameters`` (model id or path, device,
+dtype, data, output folder). :func:`execute` inserts a cell with overrides right after it, runs every cell
+and raises :class:`NotebookError` naming the failing cell. ``python -m moras_interp.notebooks [--out DIR]``
+runs them all (this is how ``figures/`` is regenerated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+NOTEBOOKS = ("01_attention_misses_visual_risk", "02_contrastive_directions", "03_moras_pipeline", "04_ablations")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NotebookError(RuntimeError):
+    """A notebook cell raised; the message names the notebook, the cell index and its source."""
+
+
+def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, timeout: int = 900,
+            cwd: str | Path | None = None, save_to: str | Path | None = None) -> Any:
+    """Execute a notebook with ``parameters`` overriding its ``parameters`` cell; returns the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    if parameters:
+        idx = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+        if idx is None:
+            raise NotebookError(f"{path.name} has no cell tagged 'parameters' to override.")
+        src = "# injected parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+        cell = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
+        nb.cells.insert(idx + 1, cell)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        raise NotebookError(f"{path.name} failed: {str(e)[:4000]}") from e
+    finally:
+        if save_to is not None:
+            tmp = Path(str(save_to) + ".tmp")
+            nbformat.write(nb, tmp)
+            os.replace(tmp, save_to)
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every notebook (or those named) on the shipped organism, writing figures to ``--figures``."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", default=list(NOTEBOOKS))
+    ap.add_argument("--figures", default=str(REPO / "figures"), help="where the notebooks write their figures")
+    ap.add_argument("--save-executed", action="store_true", help="write the executed notebooks back in place")
+    a = ap.parse_args(argv)
+    for name in a.names:
+        path = REPO / "notebooks" / f"{name}.ipynb"
+        print(f"running {path.name} …", flush=True)
+        execute(path, {"FIGURES": a.figures}, save_to=path if a.save_executed else None)
+    print(f"figures in {a.figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
