@@ -95,7 +95,7 @@ def metric_vs_factor(df: pd.DataFrame, factor: str, metric: str, *, color: str |
     groups = [(None, df)] if color is None else list(df.groupby(color, dropna=False))
     for name, g in groups:
         agg = g.groupby(factor, dropna=False)[metric].mean().reset_index()
-        fig.add_scatter(x=agg[factor].astype(str), y=agg[metric], mode="lines+markers",
+        fig.add_scatter(x=[str(v) for v in agg[factor].astype(object).where(agg[factor].notna(), None)], y=agg[metric], mode="lines+markers",
                         name=str(name) if color else metric)
     fig.update_layout(title=title or f"{metric} vs {factor}", xaxis_title=factor, yaxis_title=metric)
     return fig

@@ -58,8 +58,16 @@ def _as_figure(fig: go.Figure | dict) -> go.Figure:
 
 def save_html(fig: go.Figure | dict, path: PathLike, *, include_plotlyjs: bool | str = True) -> Path:
     """Write a standalone HTML file; ``include_plotlyjs=True`` inlines plotly.js (works offline),
-    ``"cdn"`` links it (small file, needs internet). Returns the path."""
+    ``"cdn"`` links it (small file, needs internet), ``"directory"`` links a ``plotly.min.js`` written once
+    next to the file (small files that work offline: for folders of many figures). Returns the path."""
     html = _as_figure(fig).to_html(full_html=True, include_plotlyjs=include_plotlyjs)
+    if include_plotlyjs == "directory":
+        js = Path(path).parent / "plotly.min.js"
+        if not js.exists():
+            from plotly.offline import get_plotlyjs
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(js, lambda fh: fh.write(get_plotlyjs().encode("utf-8")))
     return _atomic_write(path, lambda fh: fh.write(html.encode("utf-8")))
 
 

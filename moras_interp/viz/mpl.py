@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from moras_interp.viz.mpl_charts import draw_charts
+
 _DEFAULT_MARGIN = {"l": 80, "r": 80, "t": 100, "b": 80}
 _PT = 0.72  # points per layout pixel (the canvas has 100 dpi per unit of scale)
 
@@ -203,6 +205,9 @@ def _style_axes(cv: _Canvas) -> None:
             if label:
                 (ax.set_xlabel if which == "x" else ax.set_ylabel)(label, fontsize=14 * _PT,
                                                                   parse_math=False)
+            if a.tickvals is not None and a.ticktext is not None:
+                (ax.set_xticks if which == "x" else ax.set_yticks)(
+                    [float(v) for v in a.tickvals], labels=[_text(t) for t in a.ticktext])
             if a.showticklabels is False:
                 ax.tick_params(axis=which, labelbottom=False, labelleft=False, length=0)
             else:
@@ -256,6 +261,7 @@ def figure_to_matplotlib(fig: go.Figure | dict, *, width: int = 900, height: int
     f = fig if isinstance(fig, go.Figure) else go.Figure(fig)
     cv = _Canvas(f, int(width), int(height), float(scale))
     _draw_traces(cv)
+    draw_charts(cv, _color)
     _style_axes(cv)
     _draw_shapes(cv)
     _draw_text(cv)

@@ -1,0 +1,147 @@
+"""Writes the .ipynb notebooks of this folder from the cell lists below (run after editing a notebook's cells).
+
+    python notebooks/build_notebooks.py
+
+Each notebook's first code cell is tagged ``parameters`` (papermill convention) so that
+``moras_interp.notebooks.execute`` / papermill can override the model, device, dtype, data and output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+PARAMS = '''MODEL = "toy-llava"      # HF id or local path, e.g. "llava-hf/llava-1.5-7b-hf" (GPU)
+DEVICE = None            # e.g. "cuda"
+DTYPE = None             # e.g. "bfloat16" on a GPU
+DATA = None              # JSONL/CSV with text, image, label, region; None = the organism's held-out scenes
+N = {n}                   # examples per class
+FIGURES = "../figures"   # where this notebook writes its PNG + HTML figures'''
+
+LOAD = '''import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import moras_interp as mi
+from moras_interp.viz import save_html, save_png
+
+Path(FIGURES).mkdir(parents=True, exist_ok=True)
+model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
+
+
+def export(fig, name):
+    """Write a figure as PNG and standalone HTML into FIGURES."""
+    save_png(fig, Path(FIGURES) / f"{name}.png")
+    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs="directory")
+    return fig
+
+
+model'''
+
+DATASET = '''from moras_interp.organisms import tasks
+
+if DATA is None:
+    unsafe = tasks.harmful_image_queries(N, seed=1)
+    safe = tasks.benign_image_queries(N, seed=1)
+else:
+    from moras_interp.eval.datasets import load_csv, load_jsonl
+
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(image=r.load_image(), question=r.text, label=str(r.label).lower(), box=r.region)
+            for r in (load_jsonl if str(DATA).endswith(".jsonl") else load_csv)(DATA)]
+    unsafe = [r for r in rows if r.label in ("unsafe", "harmful", "1", "true")][:N]
+    safe = [r for r in rows if r.label in ("safe", "benign", "0", "false")][:N]
+queries = unsafe + safe
+print(len(unsafe), "unsafe and", len(safe), "safe queries")'''
+
+
+def md(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_markdown_cell(text.strip())
+
+
+def code(text: str, tags: list[str] | None = None) -> nbformat.NotebookNode:
+    return nbformat.v4.new_code_cell(text.strip(), metadata={"tags": tags} if tags else {})
+
+
+def notebook(title: str, intro: str, cells: list[nbformat.NotebookNode], n: int = 40) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [md(f"# {title}\n\n{intro}"), code(PARAMS.format(n=n), ["parameters"]), code(LOAD), *cells]
+    return nb
+
+
+NOTEBOOKS: dict[str, nbformat.NotebookNode] = {}
+
+
+NOTEBOOKS["02_contrastive_directions"] = notebook(
+    "02 · Contrastive directions: where do safe and unsafe image queries separate?",
+    "The paper's second diagnosis: last-token states of unsafe and safe *image* queries are hard to separate "
+    "(low Fisher Discriminant Ratio) when the question is asked plainly, and become separable once the question "
+    "is reformulated with the model's own visual context. We collect the residual stream at every layer into a "
+    "resumable on-disk store, compute FDR and held-out AUROC per layer for both conditions, derive a "
+    "difference-of-means direction and steer with it.",
+    [
+        code(DATASET),
+        md("## Visual contexts (MoRAS stage 1)\nThe model describes each image itself; the reformulated "
+           "question is `context + \" \" + question`."),
+        code('''from moras_interp.moras.prompts import reformulate
+from moras_interp.organisms.analysis import visual_contexts
+
+contexts = visual_contexts(model, [q.image for q in queries], batch_size=16)
+plain = [dict(image=q.image, text=q.question, label=q.label) for q in queries]
+reform = [dict(image=q.image, text=reformulate(c, q.question), label=q.label) for c, q in zip(contexts, queries)]
+pd.DataFrame({"question": [q.question for q in queries[:4]], "context": contexts[:4]})'''),
+        md("## Collect last-token residual states\nOne forward pass per batch, values read at "
+           "`blocks.{l}.hook_resid_post`; shards are written atomically and a rerun resumes."),
+        code('''from moras_interp.activations import (class_activations, collect_activations, layer_separability,
+                                      separability_figure_by_condition)
+
+stores = {name: collect_activations(model, data, names="blocks.*.hook_resid_post", positions="last",
+                                    batch_size=16, out=Path(FIGURES).parent / "runs" / f"nb02_{name}")
+          for name, data in {"plain": plain, "reformulated": reform}.items()}
+pairs = {name: class_activations(store, "unsafe", "safe") for name, store in stores.items()}
+seps = {name: layer_separability(pair) for name, pair in pairs.items()}
+pd.DataFrame({f"FDR {k}": v.fdr.numpy() for k, v in seps.items()}
+             | {f"AUROC {k}": v.auroc.numpy() for k, v in seps.items()})'''),
+        code('''fig = separability_figure_by_condition(seps, title=f"{model.model_id}: unsafe vs safe image queries")
+export(fig, "02_separability")'''),
+        md("## A refusal direction from text-only requests, and why it needs a risk gate\nThe same collection on "
+           "text-only harmful vs benign requests (which the model does refuse) gives a difference-of-means "
+           "*refusal direction*. Adding it (raw magnitude, α = 1) at the last position of plain image queries "
+           "pushes the model into its refusal — for unsafe **and** safe images alike. A constant steering vector "
+           "cannot tell them apart; MoRAS scales its intervention by an estimated risk (notebook 03)."),
+        code('''from moras_interp.activations import steer
+
+text = ([dict(image=None, text=q.question, label="unsafe") for q in tasks.harmful_text_queries(N)]
+        + [dict(image=None, text=q.question, label="safe") for q in tasks.benign_text_queries(N)])
+text_store = collect_activations(model, text, names="blocks.*.hook_resid_post", positions="last", batch_size=16)
+refusal = class_activations(text_store, "unsafe", "safe").direction("diff_of_means", normalise=False)
+seps["text-only"] = layer_separability(class_activations(text_store, "unsafe", "safe"))
+layer = model.n_layers // 2
+probe = unsafe[:3] + safe[:3]
+batch = model.prepare([q.image for q in probe], [q.question for q in probe])
+before = model.generate(batch, max_new_tokens=16).texts
+with steer(model, refusal, alpha=1.0, positions="last", layers=[layer], layouts=batch.layouts):
+    after = model.generate(batch, max_new_tokens=16).texts
+pd.DataFrame({"label": [q.label for q in probe], "question": [q.question for q in probe], "unsteered": before,
+              f"+ refusal direction @ layer {layer}": after})'''),
+        code('''export(separability_figure_by_condition(seps, title=f"{model.model_id}: unsafe vs safe, three conditions"),
+       "02_separability_conditions")'''),
+    ],
+)
+
+
+def main() -> None:
+    for name, nb in NOTEBOOKS.items():
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+        print("wrote", HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
