@@ -177,5 +177,16 @@ def prepare_batch(adapter: Adapter, images: Sequence[ImageInput] | None, prompts
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
     if any(ims):
         kwargs["images"] = adapter.processor_images(ims)
-    enc = dict(proc(**kwargs))
+    try:
+        enc = dict(proc(**kwargs))
+    except ValueError as e:
+        if "image" not in str(e).lower():
+            raise
+        n_img = [len(i) for i in ims]
+        raise ValueError(
+            f"The processor rejected the batch: {e}\nImages per prompt: {n_img}. "
+            + ("With chat=True, prepare() inserts one image placeholder per image itself: remove placeholders such "
+               f"as {adapter.image_placeholder()!r} from the prompts." if chat else
+               "With chat=False, prepare() prepends one placeholder per image: don't add your own.")
+        ) from e
     return Batch(enc, build_layouts(adapter, enc, ims, prompts), prompts, texts, ims)

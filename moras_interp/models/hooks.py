@@ -41,8 +41,10 @@ HOOK_DOC: dict[str, tuple[str, str]] = {
     "blocks.{l}.hook_resid_post": ("[b, pos, d]", "decoder layer output"),
     "ln_final.hook_normalized": ("[b, pos, d]", "after the final norm (MoRAS steers here)"),
     "hook_logits": ("[b, pos, vocab]", "lm_head output"),
-    "vision.blocks.{l}.hook_resid_post": ("[b*img, patches, d_v]", "vision encoder layer output"),
-    "projector.hook_out": ("[..., d]", "projector output (image features entering the LM)"),
+    "vision.blocks.{l}.hook_resid_post": ("[b*img, patches, d_v] (varies: tiles, CLS, no batch axis)",
+                                          "vision encoder layer output"),
+    "projector.hook_out": ("[..., d] (varies: per crop / per token)",
+                           "projector output (image features entering the LM, projector order)"),
 }
 
 
@@ -103,17 +105,27 @@ def _suggest(name: str, available: list[str]) -> str:
     return hint + "List all names with model.hook_names(); see moras_interp.models.hooks for the table."
 
 
-def hook_table_markdown(points: list[HookPoint], arch: str) -> str:
-    """A markdown table (name template, shape, module template) collapsing per-layer rows."""
+def hook_table_markdown(points: list[HookPoint], arch: str,
+                        shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+    """A markdown table (name template, shape, module template) collapsing per-layer rows.
+
+    ``shapes`` (name -> measured shape, e.g. from :func:`~moras_interp.models.validate.validate_hooks`)
+    adds a column with the shape seen on a probe input (first layer's for per-layer names).
+    """
     seen: dict[str, HookPoint] = {}
     counts: dict[str, int] = {}
     for p in points:
         seen.setdefault(p.template, p)
         counts[p.template] = counts.get(p.template, 0) + 1
-    lines = [f"hook points of {arch}", "", "| name | shape | module (io) |", "|---|---|---|"]
+    head = "| name | shape | module (io) |" + (" measured |" if shapes is not None else "")
+    lines = [f"hook points of {arch}", "", head, "|---|---|---|" + ("---|" if shapes is not None else "")]
     for t, p in seen.items():
         mod = re.sub(r"\.\d+(\.|$)", r".{l}\1", p.module, count=1) if "{l}" in t else p.module
         idx = f"[{p.index}]" if p.index is not None else ""
         n = f" ×{counts[t]}" if counts[t] > 1 else ""
-        lines.append(f"| `{t}`{n} | {p.shape} | `{mod}` ({p.io}{idx}) |")
+        row = f"| `{t}`{n} | {p.shape} | `{mod}` ({p.io}{idx}) |"
+        if shapes is not None:
+            got = shapes.get(p.name)
+            row += f" {list(got)} |" if got is not None else " (eager only) |"
+        lines.append(row)
     return "\n".join(lines)

@@ -6,7 +6,9 @@ the context is open: step 0 is the prefill (the whole prompt), step t ≥ 1 is t
 position per example with the KV cache). Hooks restricted to finite steps remove themselves after the
 last one, so later decode steps pay nothing.
 
-Implemented with plain torch hooks on the same modules nnsight wraps; inside an nnsight trace use
+Implemented with plain torch hooks on the same modules nnsight wraps, registered *first* (``prepend=True``)
+so that transformers' output-capturing hooks (which LLaVA / LLaVA-NeXT use to pick their vision feature
+layer) see the edited value, as they do for nnsight edits; inside an nnsight trace use
 ``model.read(name)`` / ``model.write(name, value)`` instead.
 """
 
@@ -139,10 +141,13 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
             return post, False
 
         hook, is_pre = make()
+        # prepend: run before transformers' own output-capturing hooks, which LLaVA-style models read their
+        # vision features from (``hidden_states[vision_feature_layer]``); appended hooks would edit a value
+        # nobody downstream uses
         if is_pre:
-            handle._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            handle._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
         else:
-            handle._handles.append(module.register_forward_hook(hook))
+            handle._handles.append(module.register_forward_hook(hook, prepend=True))
     return handle
 
 

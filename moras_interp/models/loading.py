@@ -73,10 +73,21 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         if processor is None:
             processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code,
                                                       **{k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")})
+            if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+                raise ValueError(
+                    f"AutoProcessor.from_pretrained({model_id!r}) returned a {type(processor).__name__}, not a "
+                    "multimodal processor with an image processor and a tokenizer (transformers falls back to the "
+                    "tokenizer when the processor class cannot be built, e.g. a video processor without torchvision, "
+                    "or a custom processor class). Build the processor yourself and pass it: "
+                    "load_model(path, processor=MyProcessor.from_pretrained(path))."
+                )
     hf.eval()
     if device_map is None and (device is not None or dtype is not None):
         hf.to(device=device, dtype=_dtype(dtype))
-    model = MLLM(hf, processor, model_id=str(model_id), remote=remote)
+    name = str(model_or_id_or_path) if isinstance(model_or_id_or_path, (str, Path)) else ""
+    from moras_interp.organisms import ORGANISMS
+
+    model = MLLM(hf, processor, model_id=name if name in ORGANISMS else str(model_id), remote=remote)
     if validate and not remote:
-        validate_hooks(model)
+        model.validated_shapes = validate_hooks(model)
     return model

@@ -24,11 +24,14 @@ class Generation:
         sequences: LongTensor [b, prompt_len + new] (left-padded prompts followed by new tokens).
         new_tokens: LongTensor [b, new].
         texts: decoded new tokens per example (special tokens skipped).
+        logits: FloatTensor [b, new, vocab], the logits each new token was chosen from (step 0 = prefill);
+            only with ``generate(..., return_logits=True)``.
     """
 
     sequences: torch.Tensor
     new_tokens: torch.Tensor
     texts: list[str]
+    logits: torch.Tensor | None = None
 
 
 class MLLM:
@@ -40,6 +43,8 @@ class MLLM:
         adapter: the architecture adapter (where modules live, image-token geometry).
         nn: the nnsight wrapper (``nnsight.TransformersModel``) around ``hf``; use it for free-form traces.
         model_id: HF id, local path or a descriptive name.
+        validated_shapes: hook name -> shape measured by the load-time check on a probe input (None if
+            ``load_model(..., validate=False)``).
     """
 
     def __init__(self, hf: torch.nn.Module, processor: Any, *, model_id: str | None = None,
@@ -54,6 +59,7 @@ class MLLM:
         self.nn = nn if nn is not None else TransformersModel(
             hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
         self._points = {p.name: p for p in self.adapter.hook_points()}
+        self.validated_shapes: dict[str, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ facts
     @property
@@ -101,7 +107,8 @@ class MLLM:
 
     def hook_table(self) -> str:
         """Markdown table: canonical name, shape, and the module it reads on this architecture."""
-        return hook_table_markdown(list(self._points.values()), f"{self.arch} ({self.model_id})")
+        return hook_table_markdown(list(self._points.values()), f"{self.arch} ({self.model_id})",
+                                   self.validated_shapes)
 
     def __repr__(self) -> str:
         return (f"MLLM({self.model_id!r}, arch={self.arch}, layers={self.n_layers}, d_model={self.d_model}, "
@@ -189,17 +196,25 @@ class MLLM:
         return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
 
     @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int = 32, *, do_sample: bool = False, **kwargs: Any) -> Generation:
-        """Greedy (by default) generation with KV cache; interventions from :meth:`hooks` apply per step."""
+    def generate(self, batch: Batch, max_new_tokens: int = 32, *, do_sample: bool = False,
+                 return_logits: bool = False, **kwargs: Any) -> Generation:
+        """Greedy (by default) generation with KV cache; interventions from :meth:`hooks` apply per step.
+
+        ``return_logits=True`` also returns the per-step logits [b, new, vocab]; other keyword arguments go to
+        HF ``generate`` (e.g. ``min_new_tokens``).
+        """
         inputs = self._inputs(batch)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         kwargs.setdefault("pad_token_id", pad)
+        if return_logits:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
         seq = out if isinstance(out, torch.Tensor) else out.sequences
         new = seq[:, inputs["input_ids"].shape[1]:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
-        return Generation(seq, new, [t.strip() for t in texts])
+        logits = torch.stack(list(out.logits), dim=1) if return_logits else None
+        return Generation(seq, new, [t.strip() for t in texts], logits)
 
     @contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, _iv.HookFn]], *, steps: _iv.Steps = None,

@@ -48,6 +48,8 @@ Deviations from stock transformers, all local (no global patching):
   (``Qwen2VLProcessorImageOnly`` etc. in ``_tiny_builders``; ``isinstance`` of the stock class still holds)
   that do not declare a ``video_processor`` attribute. Videos are not supported; ``save_pretrained`` and
   ``<subclass>.from_pretrained`` round-trip (``AutoProcessor`` would look for the stock class).
+* Gemma3's ``mm_input_projection_weight`` is zero-initialised by HF; the tiny model fills it with N(0, 0.02)
+  (seeded) so that image features are not identically zero.
 * The PaliGemma processor refuses text-only input; the tiny one accepts it and encodes it as
   ``<bos>text\\n`` (the image-free version of PaliGemma's prompt format).
 
@@ -231,6 +233,12 @@ def build_tiny(arch: str, *, attn_implementation: str = "eager", seed: int = 0, 
         builders.TextShape(num_layers=num_layers, kv_heads=2 if gqa else 4))
     torch.manual_seed(seed)
     model = model_cls._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    if arch == "gemma3":
+        # HF zero-initialises the soft-token projection, which would make every image feature exactly 0 (and
+        # every image test vacuous): give it random weights too, from the same seed.
+        w = model.model.multi_modal_projector.mm_input_projection_weight
+        with torch.no_grad():
+            w.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
     model.eval()
     return model, processor
 

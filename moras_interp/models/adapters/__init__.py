@@ -3,7 +3,7 @@
 Adding an architecture: write ``adapters/<family>.py`` with a subclass of
 :class:`~moras_interp.models.adapters.base.Adapter` (module paths + ``image_specs``), add it to
 ``ADAPTERS`` below, and add its tiny config to ``moras_interp/models/tiny.py`` so the test-suite checks it
-against HF's own outputs.
+against HF's own outputs (``docs/adding_an_architecture.md``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import torch
 
 from moras_interp.models.adapters.base import Adapter, GridSpec, ImageSpec
 from moras_interp.models.adapters.gemma import Gemma3Adapter, PaliGemmaAdapter
+from moras_interp.models.adapters.idefics3 import Idefics3Adapter
+from moras_interp.models.adapters.internvl import InternVLAdapter
 from moras_interp.models.adapters.llava import LlavaAdapter
+from moras_interp.models.adapters.llava_next import LlavaNextAdapter
 from moras_interp.models.adapters.qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: list[type[Adapter]] = [LlavaAdapter, Qwen2VLAdapter, Gemma3Adapter, PaliGemmaAdapter]
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Idefics3Adapter, Gemma3Adapter,
+                                 InternVLAdapter, PaliGemmaAdapter]
 
 
 def supported_architectures() -> dict[str, str]:
@@ -35,7 +39,8 @@ def get_adapter(hf: torch.nn.Module, processor: Any) -> Adapter:
     raise ValueError(
         f"Unsupported architecture {cls!r}. Supported: {names}. To add one, write a small adapter in "
         "moras_interp/models/adapters/ (module paths + image token geometry; see adapters/llava.py for a "
-        "template) and register it in moras_interp/models/adapters/__init__.py."
+        "template), register it in moras_interp/models/adapters/__init__.py and extend the tests: "
+        "docs/adding_an_architecture.md walks through it."
     )
 
 

@@ -92,6 +92,10 @@ class Adapter:
     mlp_out: ClassVar[tuple[str, int | None]] = ("mlp", None)
     nested_images: ClassVar[bool] = False
     example: ClassVar[str] = ""
+    examples: ClassVar[dict[str, str]] = {}
+    """HF class -> example checkpoint, where one adapter serves several classes (else ``example``)."""
+    vision_shape: ClassVar[str] = "[b*img, patches, d_v]"
+    projector_shape: ClassVar[str] = "[b*img, tokens, d]"
 
     def __init__(self, hf: torch.nn.Module, processor: Any) -> None:
         self.hf = hf
@@ -164,8 +168,8 @@ class Adapter:
         pts: list[HookPoint] = []
         for l in range(self.n_vision_layers()):
             pts.append(HookPoint(f"vision.blocks.{l}.hook_resid_post", f"{self.vision_layers}.{l}", "output",
-                                 None, (0, l), "[b*img, patches, d_v]"))
-        pts.append(HookPoint("projector.hook_out", self.projector, "output", None, (1,), "[..., d]"))
+                                 None, (0, l), self.vision_shape))
+        pts.append(HookPoint("projector.hook_out", self.projector, "output", None, (1,), self.projector_shape))
         layers = self.decoder + ".layers"
         pts.append(HookPoint("hook_embed", f"{layers}.0", "input", None, (2,), "[b, pos, d]"))
         for l in range(self.n_layers()):

@@ -10,20 +10,17 @@ PaliGemma: ``image_seq_length`` tokens (a √n × √n grid) placed before BOS; 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from PIL import Image
 
 from moras_interp.models.adapters.base import Adapter, GridSpec, ImageSpec
-from moras_interp.models.adapters.geometry import clip_pipeline_boxes
+from moras_interp.models.adapters.geometry import clip_pipeline_boxes, square_side
 
 
 def _square_grid_specs(adapter: Adapter, n: int, images: list[list[Image.Image]]) -> list[list[ImageSpec]]:
-    g = math.isqrt(n)
-    if g * g != n:
-        raise ValueError(f"{adapter.name}: {n} image tokens per image do not form a square grid.")
+    g = square_side(n, f"{adapter.name} image tokens per image")
     ip = adapter.processor.image_processor
     return [[ImageSpec(n, [GridSpec("image", g, g, clip_pipeline_boxes(ip, im.width, im.height, g, g), torch.arange(n))])
              for im in ims] for ims in images]
@@ -36,6 +33,7 @@ class Gemma3Adapter(Adapter):
     mlp_out = ("post_feedforward_layernorm", None)
     nested_images = True
     example = "google/gemma-3-4b-it"
+    projector_shape = "[b*img, mm_tokens_per_image, d]"
 
     def image_specs(self, enc: dict[str, Any], images: list[list[Image.Image]]) -> list[list[ImageSpec]]:
         if getattr(self.processor.image_processor, "do_pan_and_scan", False):

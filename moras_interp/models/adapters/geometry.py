@@ -1,16 +1,21 @@
-"""Pixel geometry of the common image-processor pipelines (pad -> resize -> center crop).
+"""Pixel geometry of the common image-processor pipelines, shared by the adapters.
 
-Each function returns, for a ViT patch grid laid over the processed image, the box every token covers
-in the ORIGINAL image, in raster order: FloatTensor [rows*cols, 4] of (x0, y0, x1, y1).
+* :func:`clip_pipeline_boxes`: pad to square -> resize -> center crop (CLIP/SigLIP processors; LLaVA,
+  Gemma3, PaliGemma).
+* :func:`tiled_grids`: squash to a tile canvas -> tiles + overview image (Idefics3/SmolVLM, InternVL).
+
+Boxes are, for each token of a patch grid, the region it covers in the ORIGINAL image, in raster order:
+FloatTensor [rows*cols, 4] of (x0, y0, x1, y1), in continuous pixel coordinates (y down).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from moras_interp.models.adapters.base import raster_boxes, to_original
+from moras_interp.models.adapters.base import GridSpec, raster_boxes, to_original
 
 
 def _size_get(size: Any, key: str) -> int | None:
@@ -63,3 +68,47 @@ def clip_pipeline_boxes(image_processor: Any, width: int, height: int, rows: int
     boxes = raster_boxes(rows, cols, frame_w / cols, frame_h / rows)
     return to_original(boxes, scale_x=w1 / w0, scale_y=h1 / h0, shift_x=left, shift_y=top,
                        pad_x=pad_x, pad_y=pad_y, width=width, height=height)
+
+
+def tiled_grids(width: int, height: int, tile_rows: int, tile_cols: int, side: int, *,
+                overview: str | None) -> list[GridSpec]:
+    """Grids of a "squash to a tile canvas, cut into tiles, add a downscaled overview" pipeline.
+
+    Idefics3/SmolVLM and InternVL resize the whole image (aspect not kept) to ``tile_rows × tile_cols``
+    tiles, so tile ``(r, c)`` covers exactly the ``(r, c)`` cell of a ``tile_rows × tile_cols`` partition
+    of the ORIGINAL image; each tile becomes a ``side × side`` token grid (row-major after pixel
+    shuffle), tiles follow each other row-major in the sequence, and the overview (Idefics3's global
+    image, InternVL's thumbnail: the whole image squashed to one tile) comes last. With no tiles
+    (``tile_rows == tile_cols == 0``) there is only the overview.
+
+    Args:
+        width, height: original image size in pixels.
+        tile_rows, tile_cols: tile layout (0, 0 for an image that was not split).
+        side: tokens per tile side (``sqrt(tokens per tile)``).
+        overview: name of the overview grid, or None when the pipeline adds none.
+
+    Returns:
+        The grids in sequence order; ``offsets`` index this image's image tokens consecutively and every
+        ``boxes`` is float32 [side*side, 4] in original pixels.
+    """
+    n = side * side
+    grids: list[GridSpec] = []
+    tw, th = width / max(tile_cols, 1), height / max(tile_rows, 1)
+    for r in range(tile_rows):
+        for c in range(tile_cols):
+            boxes = raster_boxes(side, side, tw / side, th / side, c * tw, r * th).to(torch.float32)
+            k = len(grids)
+            grids.append(GridSpec(f"tile r{r} c{c}", side, side, boxes, torch.arange(k * n, (k + 1) * n)))
+    if overview is not None:
+        k = len(grids)
+        boxes = raster_boxes(side, side, width / side, height / side).to(torch.float32)
+        grids.append(GridSpec(overview, side, side, boxes, torch.arange(k * n, (k + 1) * n)))
+    return grids
+
+
+def square_side(n: int, what: str) -> int:
+    """``sqrt(n)`` for a square token grid; a clear error if ``n`` is not a square."""
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"{what}: {n} tokens do not form a square grid; this adapter assumes square tiles.")
+    return g

@@ -20,6 +20,8 @@ class LlavaAdapter(Adapter):
     name = "llava"
     hf_classes = ("LlavaForConditionalGeneration",)
     example = "llava-hf/llava-1.5-7b-hf"
+    vision_shape = "[b*img, 1+patches, d_v]"  # CLS first
+    projector_shape = "[b*img, patches, d]"
 
     def image_specs(self, enc: dict[str, Any], images: list[list[Image.Image]]) -> list[list[ImageSpec]]:
         vc = self.config.vision_config

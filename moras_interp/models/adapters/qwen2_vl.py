@@ -24,6 +24,10 @@ class Qwen2VLAdapter(Adapter):
     vision_layer_candidates = ("blocks",)
     projector = "model.visual.merger"
     example = "Qwen/Qwen2.5-VL-7B-Instruct"
+    examples = {"Qwen2VLForConditionalGeneration": "Qwen/Qwen2-VL-7B-Instruct",
+                "Qwen2_5_VLForConditionalGeneration": "Qwen/Qwen2.5-VL-7B-Instruct"}
+    vision_shape = "[patches, d_v]"  # all images concatenated, no batch axis
+    projector_shape = "[n_img_tokens, d]"
 
     def image_specs(self, enc: dict[str, Any], images: list[list[Image.Image]]) -> list[list[ImageSpec]]:
         thw = enc["image_grid_thw"].tolist()
