@@ -137,6 +137,55 @@ pd.DataFrame({"label": [q.label for q in probe], "question": [q.question for q i
 )
 
 
+NOTEBOOKS["01_attention_misses_visual_risk"] = notebook(
+    "01 · Attention misses visual risk",
+    "The paper's first diagnosis: when a harmful request refers to *the item in the image*, the last prompt "
+    "token's attention over the image does not concentrate on the risky object; once the question carries the "
+    "model's own one-sentence visual context (MoRAS stage 1), it does. We trace the exact attention rows of the "
+    "last prompt token to every image token (no `output_attentions` dump), draw them over the original image, "
+    "and measure the share that lands on the hazard's box, per layer and for the visual head set H_n.",
+    [
+        code(DATASET),
+        md("## One scene, plain vs with visual context"),
+        code("""from moras_interp.attention import cross_modal_attention
+from moras_interp.moras.prompts import reformulate
+from moras_interp.organisms.analysis import visual_contexts
+
+q = next(q for q in unsafe if q.box is not None)
+context = visual_contexts(model, [q.image])[0]
+plain_batch = model.prepare([q.image], [q.question])
+reform_batch = model.prepare([q.image], [reformulate(context, q.question)])
+plain = cross_modal_attention(model, plain_batch, query="last")     # rows [1, L, H, 1, keys]
+reform = cross_modal_attention(model, reform_batch, query="last")
+print("question:", q.question, "| context:", context, "| hazard box:", q.box)
+print("rows sum to 1:", bool(torch.allclose(plain.rows.sum(-1), torch.ones(1), atol=1e-4)))"""),
+        code("""export(plain.heatmap(0, heads="top-visual", box=q.box), "01_heatmap_plain")"""),
+        code("""export(reform.heatmap(0, heads="top-visual", box=q.box), "01_heatmap_with_context")"""),
+        code("""export(plain.difference(reform, 0, heads="top-visual", box=q.box), "01_difference")"""),
+        md("Which heads look at the image at all? The layer × head grid of image-attention mass (outlined: the "
+           "top visual heads), and the head-averaged map per layer."),
+        code("""export(plain.layer_head_grid(0), "01_layer_head_grid")"""),
+        code("""export(reform.small_multiples(0, box=q.box), "01_small_multiples_with_context")"""),
+        md("## Over the held-out set\nShare of image attention on the hazard's box divided by the box's area "
+           "share (1.0 = no better than uniform), per layer and for H_n (heads with image mass > 0.2)."),
+        code("""from moras_interp.organisms.analysis import attention_study, attention_summary
+
+contexts = visual_contexts(model, [q.image for q in unsafe], batch_size=16)
+study = attention_study(model, unsafe, contexts=contexts, threshold=0.2, batch_size=16)
+summary = attention_summary(study)
+summary.round(3)"""),
+        code("""import plotly.graph_objects as go
+
+fig = go.Figure([go.Bar(x=[str(l) for l in summary.index], y=summary[f"ratio ({c})"], name=c)
+                 for c in ("plain", "reformulated")])
+fig.add_hline(y=1.0, line_dash="dot")
+fig.update_layout(title=f"{model.model_id}: attention on the hazard vs its area share (last token)",
+                  xaxis_title="layer (H_n = visual head set)", yaxis_title="share / area share")
+export(fig, "01_region_share_by_layer")"""),
+    ],
+)
+
+
 def main() -> None:
     for name, nb in NOTEBOOKS.items():
         nbformat.write(nb, HERE / f"{name}.ipynb")
