@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +35,9 @@ class MoRASConfig:
         risk_mode: "continuous" (r) or "binary" (1 if r ≥ threshold else 0).
         steer_hooks: where stage 3 steers (the prototype must have states there).
         top_k: how many stage-2 next-token probabilities to keep. keep_states: keep stage-2 states.
+        keep_attention: also record the exact cross-modal attention of the stage-2 last token, for the
+            reformulated prompt and for the "plain" one (safety prompt + question, no context), in
+            ``trace.attention`` = {"reformulated": CrossModalAttention, "plain": ..., "index": row of this query}.
         attention_edits: ``moras_interp.attention.interventions`` edits applied in ``attention_edit_stages``
             ("context", "risk", "answer") — the official code's attention ablations.
     """
@@ -51,9 +54,26 @@ class MoRASConfig:
     steer_hooks: tuple[str, ...] = (FINAL,)
     top_k: int = 5
     keep_states: bool = True
+    keep_attention: bool = False
     attention_edits: list[Any] = field(default_factory=list)
     attention_edit_stages: tuple[str, ...] = ("answer",)
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raises ``ValueError`` naming the bad option."""
+        if self.n_tokens < 1:
+            raise ValueError(f"n_tokens must be ≥ 1, got {self.n_tokens}.")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
+        if self.fixed_r is not None and not 0.0 <= self.fixed_r <= 1.0:
+            raise ValueError(f"fixed_r must be in [0, 1] (0 = no steering, 1 = replace by u_t), got {self.fixed_r}.")
+        if self.risk_mode not in ("continuous", "binary"):
+            raise ValueError(f"risk_mode={self.risk_mode!r}: use 'continuous' or 'binary'.")
+        if self.max_context_tokens < 1:
+            raise ValueError(f"max_context_tokens must be ≥ 1, got {self.max_context_tokens}.")
+        bad = sorted(set(self.attention_edit_stages) - {"context", "risk", "answer"})
+        if bad:
+            raise ValueError(f"attention_edit_stages {bad}: use 'context', 'risk' and/or 'answer'.")
 
 
 def _examples(items: Sequence[Any]) -> tuple[list[Any], list[str], list[bool]]:
@@ -71,6 +91,16 @@ def _examples(items: Sequence[Any]) -> tuple[list[Any], list[str], list[bool]]:
     return ims, qs, ys
 
 
+def _n_new(new_tokens: torch.Tensor, tokenizer: Any) -> int:
+    """Generated tokens of one row up to and including the first EOS (padding after it is not counted)."""
+    eos = tokenizer.eos_token_id
+    ids = new_tokens.tolist()
+    if eos is not None and eos in ids:
+        return ids.index(eos) + 1
+    pad = tokenizer.pad_token_id
+    return sum(1 for x in ids if pad is None or x != pad)
+
+
 class MoRAS:
     """Risk-adaptive steering (arXiv 2510.13698) on an :class:`MLLM`, batched, every stage recorded."""
 
@@ -79,16 +109,19 @@ class MoRAS:
         self.model = model
         self.prototype = prototype
         self.calibration = calibration
-        self.config = config or MoRASConfig()
+        self.config = replace(config) if config is not None else MoRASConfig()  # a copy: overrides stay local
         for k, v in overrides.items():
             if not hasattr(self.config, k):
                 raise TypeError(f"Unknown MoRAS option {k!r}; see MoRASConfig.")
             setattr(self.config, k, v)
+        self.config.check()
         prototype.check(model)
         if prototype.n_tokens != self.config.n_tokens:
             raise ValueError(f"The prototype has N={prototype.n_tokens} steps but n_tokens={self.config.n_tokens}: "
                              "rebuild it with UnsafePrototype.build(model, n_tokens=...).")
         self.targets = steering_targets(prototype.states, self.config.steer_hooks)
+        self.calibration_traces: list[MoRASTrace] = []
+        """Stage 1–2 traces of the calibration pairs (set by :meth:`calibrate`; label, s and fitted r)."""
         if calibration is None and self.config.fixed_r is None:
             raise ValueError("MoRAS needs a Calibration (MoRAS.calibrate, Calibration.fit or Calibration.preset) "
                              "unless fixed_r is set.")
@@ -98,16 +131,31 @@ class MoRAS:
     def calibrate(cls, model: MLLM, calibration: Sequence[Any], *, harmful_text: Sequence[str] | None = None,
                   prototype: UnsafePrototype | None = None, method: str = "official", batch_size: int = 8,
                   progress: bool = True, **overrides: Any) -> MoRAS:
-        """Build the unsafe prototype (unless given), score the labelled pairs and fit (x0, k)."""
-        cfg = MoRASConfig(**{k: v for k, v in overrides.items() if hasattr(MoRASConfig, k)})
-        proto = prototype or UnsafePrototype.build(model, list(harmful_text) if harmful_text else None,
-                                                   cfg.n_tokens, progress=progress)
+        """Build the unsafe prototype (unless given), score the labelled pairs and fit (x0, k).
+
+        ``calibration``: (image, question, label) tuples or objects with ``.image``/``.load_image()``, ``.text``
+        and ``.label`` ("unsafe"/"safe"); both classes are required. ``method``: "official" (x0 = mean s,
+        k = ln 99 / (1 − x0)) or "logistic". The scored pairs stay in ``calibration_traces``.
+        """
+        known = {f.name for f in fields(MoRASConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"Unknown MoRAS option(s) {unknown}; see MoRASConfig.")
+        cfg = MoRASConfig(**overrides)
         ims, qs, ys = _examples(calibration)
         if not qs:
             raise ValueError("Empty calibration set: give unsafe and safe (image, question, label) pairs.")
+        if all(ys) or not any(ys):
+            raise ValueError(f"The calibration set needs both classes; got {sum(ys)} unsafe and "
+                             f"{len(ys) - sum(ys)} safe examples (labels 'unsafe'/'safe').")
+        proto = prototype or UnsafePrototype.build(model, list(harmful_text) if harmful_text else None,
+                                                   cfg.n_tokens, progress=progress)
         m = cls(model, proto, Calibration(0.0, 1.0), cfg)
         traces = m.assess(ims, qs, batch_size=batch_size, progress=progress)
         m.calibration = Calibration.fit([t.similarity for t in traces], ys, method=method)
+        for t, y in zip(traces, ys):
+            t.label, t.risk = ("unsafe" if y else "safe"), float(m.calibration.risk(t.similarity or 0.0))
+        m.calibration_traces = traces
         return m
 
     # ------------------------------------------------------------------ stages
@@ -129,10 +177,11 @@ class MoRAS:
         with self._edits("context", batch):
             gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
-        for tr, text, ctx in zip(traces, batch.texts, gen.texts):
+        for i, (tr, text, ctx) in enumerate(zip(traces, batch.texts, gen.texts)):
             tr.prompts["context"], tr.visual_context = text, ctx
             tr.stage_times["context"] = dt
-            tr.token_counts["context_new"] = len(self.model.tokenizer(ctx, add_special_tokens=False)["input_ids"])
+            tr.token_counts["context_prompt"] = int(batch.inputs["attention_mask"][i].sum())
+            tr.token_counts["context_new"] = _n_new(gen.new_tokens[i], self.model.tokenizer)
 
     def _stage2(self, traces: list[MoRASTrace], images: list[Any]) -> torch.Tensor:
         cfg, t0 = self.config, time.perf_counter()
@@ -148,6 +197,8 @@ class MoRAS:
             probs = torch.softmax(lm_head(h.to(self.model.device, self.model.dtype)).float(), -1).cpu()
         top = probs.topk(min(cfg.top_k, probs.shape[-1]), dim=-1)
         dt = (time.perf_counter() - t0) / len(traces)
+        if cfg.keep_attention:
+            self._stage2_attention(traces, images, batch)
         tok = self.model.tokenizer
         for i, tr in enumerate(traces):
             tr.prompts["risk"] = batch.texts[i]
@@ -160,6 +211,17 @@ class MoRAS:
             if cfg.keep_states:
                 tr.stage2_states = h[i].clone()
         return s
+
+    def _stage2_attention(self, traces: list[MoRASTrace], images: list[Any], batch: Any) -> None:
+        from moras_interp.attention.trace import cross_modal_attention
+
+        with self._edits("risk", batch):
+            reformulated = cross_modal_attention(self.model, batch, query="last")
+        plain_batch = self.model.prepare(images, [safety_query(t.question, self.config.safety_prompt) for t in traces])
+        with self._edits("risk", plain_batch):
+            plain = cross_modal_attention(self.model, plain_batch, query="last")
+        for i, tr in enumerate(traces):
+            tr.attention = {"reformulated": reformulated, "plain": plain, "index": i}
 
     def _strength(self, s: torch.Tensor | None, n: int) -> torch.Tensor:
         cfg = self.config
@@ -186,13 +248,14 @@ class MoRAS:
             tr.displacement_norms = [float(n[i]) for n in norms]
             tr.stage_times["answer"] = dt
             tr.token_counts["answer_prompt"] = int(batch.inputs["attention_mask"][i].sum())
-            tr.token_counts["answer_new"] = int((gen.new_tokens[i] != (self.model.tokenizer.pad_token_id or -1)).sum())
+            tr.token_counts["answer_new"] = _n_new(gen.new_tokens[i], self.model.tokenizer)
 
     # ------------------------------------------------------------------ public
     def _new_traces(self, images: Sequence[ImageInput], questions: Sequence[str], method: str) -> list[MoRASTrace]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions.")
-        cfg = {k: v for k, v in vars(self.config).items() if k not in ("generate_kwargs", "attention_edits")}
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.config).items()
+               if k not in ("generate_kwargs", "attention_edits")}  # JSON-native, so traces round-trip
         cfg["attention_edits"] = [type(e).__name__ for e in self.config.attention_edits]
         return [MoRASTrace(question=q, method=method, config=cfg,
                            image_size=getattr(im, "size", None)) for im, q in zip(images, questions)]

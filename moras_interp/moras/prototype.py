@@ -25,6 +25,19 @@ def default_harmful_prompts(name: str = "harmful_requests.txt") -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def default_harmful_prompts_for(model: MLLM) -> list[str]:
+    """The default prototype prompts for ``model``: the toy list (``organisms/harmful_requests_toy.txt``) for a
+    shipped organism, whose vocabulary is tiny, else the project's general list (:func:`default_harmful_prompts`)."""
+    from moras_interp.organisms import ORGANISMS, toy_harmful_requests_path
+
+    names = {str(model.model_id), str(getattr(model.hf.config, "_name_or_path", "") or "")}
+    shipped = {p.resolve() for p in ORGANISMS.values()}
+    if names & set(ORGANISMS) or any(n and Path(n).expanduser().exists() and Path(n).expanduser().resolve() in shipped
+                                     for n in names):
+        return read_prompt_file(toy_harmful_requests_path())
+    return default_harmful_prompts()
+
+
 def read_prompt_file(path: str | Path) -> list[str]:
     """Prompts from a user file: one per line (``.txt``) or a JSON list."""
     p = Path(path)
@@ -63,8 +76,12 @@ class UnsafePrototype:
     @torch.no_grad()
     def build(cls, model: MLLM, harmful_prompts: list[str] | None = None, n_tokens: int = 3, *,
               batch_size: int = 16, hooks: tuple[str, ...] = (FINAL,), progress: bool = True) -> UnsafePrototype:
-        """Text-only, chat template, greedy N tokens; u_t = mean over prompts of the last-position state."""
-        prompts = default_harmful_prompts() if harmful_prompts is None else list(harmful_prompts)
+        """Text-only, chat template, greedy N tokens; u_t = mean over prompts of the last-position state.
+
+        ``harmful_prompts=None`` uses :func:`default_harmful_prompts_for` (the toy list for the shipped organism,
+        the project's general list otherwise). Returns states float32 [N, d] per hook.
+        """
+        prompts = default_harmful_prompts_for(model) if harmful_prompts is None else list(harmful_prompts)
         if not prompts:
             raise ValueError("UnsafePrototype.build needs at least one harmful prompt.")
         hooks = tuple(dict.fromkeys((FINAL, *hooks)))
@@ -83,7 +100,13 @@ class UnsafePrototype:
         return cls(states, prompts, toks, prov)
 
     def check(self, model: MLLM) -> None:
-        """Raises when the prototype does not fit ``model`` (hidden size)."""
+        """Raises when the prototype does not fit ``model`` (hidden size) or holds non-finite values."""
+        for hook, t in self.states.items():
+            if t.ndim != 2 or t.shape[0] < 1:
+                raise ValueError(f"The unsafe prototype's {hook!r} tensor has shape {tuple(t.shape)}; expected [N, d].")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"The unsafe prototype's {hook!r} states contain NaN/Inf: rebuild it with "
+                                 "UnsafePrototype.build(model, ...) in float32 or bfloat16.")
         d = self.final.shape[-1]
         if d != model.d_model:
             raise ValueError(f"The unsafe prototype has hidden size {d} but {model.model_id} has {model.d_model}: "

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from moras_interp.activations.separability import auroc
+
 
 @torch.no_grad()
 def decayed_distribution(states: torch.Tensor, lm_head: torch.nn.Module, gamma: float) -> torch.Tensor:
@@ -29,6 +31,10 @@ def similarity(states: torch.Tensor, prototype: torch.Tensor, lm_head: torch.nn.
     """s = cos(P, Q) per example. states: [b, N, d]; prototype: [N, d] -> float32 [b]."""
     if states.shape[-2:] != prototype.shape:
         raise ValueError(f"states {tuple(states.shape)} and prototype {tuple(prototype.shape)} disagree on (N, d).")
+    for name, t in (("stage-2 states", states), ("unsafe prototype", prototype)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"The {name} contain NaN/Inf: run the model in float32 or bfloat16 (float16 overflows) "
+                             "and rebuild the prototype with UnsafePrototype.build.")
     q = decayed_distribution(states, lm_head, gamma)
     p = decayed_distribution(prototype[None], lm_head, gamma)
     return torch.nn.functional.cosine_similarity(q, p.expand_as(q), dim=-1).cpu()
@@ -43,6 +49,8 @@ class Calibration:
         method: "official" (x0 = mean s, k = ln 99 / (1 − x0)), "logistic", "preset:<name>" or "manual".
         auroc: AUROC of s for unsafe vs safe on the calibration set (None for presets).
         n_unsafe, n_safe: calibration set sizes.
+        tpr, fpr: the operating point on the calibration set: fraction of unsafe / safe examples with
+            r ≥ 0.5 (i.e. s ≥ x0).
     """
 
     x0: float
@@ -51,6 +59,12 @@ class Calibration:
     auroc: float | None = None
     n_unsafe: int = 0
     n_safe: int = 0
+    tpr: float | None = None
+    fpr: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.x0) and math.isfinite(self.k)):
+            raise ValueError(f"Calibration needs finite x0 and k, got x0={self.x0}, k={self.k}.")
 
     def risk(self, s: torch.Tensor | float) -> torch.Tensor:
         """r in (0, 1) for similarity scores s."""
@@ -61,7 +75,8 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
-        return cls(**d)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
     def preset(cls, name: str) -> Calibration:
@@ -95,38 +110,22 @@ class Calibration:
             x0 = float(s.mean())
             if x0 >= 1.0:
                 raise ValueError("mean similarity is 1: the official slope ln 99 / (1 − x0) is undefined.")
-            return cls(x0, math.log(99.0) / (1.0 - x0), "official", auc, n_u, n_s)
-        if method == "logistic":
-            a, b = _logistic(s, y.double())
-            if abs(a) < 1e-12:
+            k = math.log(99.0) / (1.0 - x0)
+        elif method == "logistic":
+            k, b = _logistic(s, y.double())
+            if abs(k) < 1e-12:
                 raise ValueError("Logistic fit found no dependence of the label on s.")
-            return cls(-b / a, a, "logistic", auc, n_u, n_s)
-        raise ValueError(f"method={method!r}: use 'official' or 'logistic'.")
+            x0 = -b / k
+        else:
+            raise ValueError(f"method={method!r}: use 'official' or 'logistic'.")
+        flagged = (k * (s - x0)) >= 0
+        return cls(x0, k, method, auc, n_u, n_s, float(flagged[y].double().mean()), float(flagged[~y].double().mean()))
 
 
 PRESETS: dict[str, tuple[float, float]] = {
     "llava-1.5-7b": (0.712, 15.955),
     "llava-1.5-13b": (0.741, 17.811),
 }
-
-
-def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mann–Whitney AUROC with average ranks for ties (positives = True)."""
-    s = scores.double().flatten()
-    y = labels.bool().flatten()
-    order = torch.argsort(s)
-    ranks = torch.empty_like(s)
-    sorted_s = s[order]
-    i = 0
-    n = s.numel()
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _logistic(s: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, iters: int = 100) -> tuple[float, float]:

@@ -28,8 +28,9 @@ class MoRASTrace:
         answer: the final answer; ``stage_times``: seconds per stage (batch time / batch size);
         token_counts: prompt and generated tokens per stage.
         stage2_states: float32 [N, d] last-position post-norm states of stage 2 (optional).
-        attention: cross-modal attention objects (e.g. "plain", "reformulated"), kept in memory only;
-            save them with ``CrossModalAttention.save``.
+        attention: with ``MoRASConfig.keep_attention``, {"reformulated": CrossModalAttention, "plain": ...,
+            "index": this query's row in them} for the stage-2 last token; kept in memory only (save them
+            with ``CrossModalAttention.save``).
     """
 
     question: str

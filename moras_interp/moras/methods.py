@@ -1,0 +1,152 @@
+"""Setting up the methods an evaluation compares: the unsafe prototype, the calibration, the fixed r, and the
+method objects by name (``none``, ``moras``, ``fixed``, ``adashield``, ``ecso``).
+
+:func:`prepare_moras` saves the prototype and calibration into the results folder and reuses them when the
+run is resumed, so a resumed run scores with exactly the same (u_t, x0, k, fixed r).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from moras_interp.moras.baselines import ECSO, AdaShieldS, FixedSteering, Method, NoDefence
+from moras_interp.moras.evaluate import atomic_write_text
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig
+from moras_interp.moras.prompts import CONTEXT_PROMPT, ECSO_CAPTION_PROMPT
+from moras_interp.moras.prototype import UnsafePrototype
+from moras_interp.moras.risk import PRESETS, Calibration
+
+if TYPE_CHECKING:
+    from moras_interp.models.mllm import MLLM
+
+METHODS: tuple[str, ...] = ("none", "moras", "fixed", "adashield", "ecso")
+"""Method names understood by :func:`build_methods` (and ``moras-interp moras --methods``)."""
+
+
+@dataclass
+class MoRASSetup:
+    """The fitted pieces MoRAS and the fixed-strength baseline need.
+
+    Attributes:
+        prototype: u_t [N, d]. calibration: (x0, k) and how they were fitted.
+        fixed_r: the strength of the fixed-strength baseline; ``fixed_r_rule`` says how it was chosen.
+        scores / labels: calibration-set similarities s and labels (True = unsafe); empty for presets.
+    """
+
+    prototype: UnsafePrototype
+    calibration: Calibration
+    fixed_r: float
+    fixed_r_rule: str
+    scores: list[float] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calibration": self.calibration.to_dict(), "fixed_r": self.fixed_r, "fixed_r_rule": self.fixed_r_rule,
+                "scores": self.scores, "labels": self.labels}
+
+
+def choose_fixed_r(calibration: Calibration, scores: Sequence[float], labels: Sequence[bool],
+                   fixed_r: float | str = "auto") -> tuple[float, str]:
+    """The fixed-strength baseline's r: a number as given, or ``"auto"`` = the mean r MoRAS assigns to the
+    unsafe calibration queries (the strength an unsafe query typically gets), or 0.5 without calibration data."""
+    if fixed_r != "auto":
+        r = float(fixed_r)
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"fixed r must be in [0, 1], got {r}.")
+        return r, "given"
+    unsafe = [s for s, y in zip(scores, labels) if y]
+    if not unsafe:
+        return 0.5, "0.5 (no calibration scores, e.g. a preset calibration)"
+    r = float(calibration.risk(torch.tensor(unsafe)).mean())
+    return r, "mean calibrated r of the unsafe calibration queries"
+
+
+def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any], out: str | Path | None = None,
+                  harmful_prompts: Sequence[str] | None = None, fit: str = "official", fixed_r: float | str = "auto",
+                  config: MoRASConfig | None = None, batch_size: int = 8, progress: bool = True) -> MoRASSetup:
+    """Build (or, when ``out`` holds them, reload) the prototype and calibration.
+
+    Args:
+        calibration: a preset name (``"llava-1.5-7b"``, ``"llava-1.5-13b"``), a :class:`Calibration`, or
+            labelled (image, question, label) examples scored with MoRAS stages 1–2 and fitted with ``fit``.
+        out: folder for ``prototype.safetensors`` and ``calibration.json`` (reused if present).
+        harmful_prompts: prototype prompts (default: the toy list for the organism, the general list otherwise).
+        fixed_r: the fixed-strength baseline's r, or "auto" (see :func:`choose_fixed_r`).
+        config: MoRAS options (N, γ, prompts) used for calibration.
+    """
+    cfg = config or MoRASConfig()
+    proto_p = Path(out) / "prototype.safetensors" if out is not None else None
+    cal_p = Path(out) / "calibration.json" if out is not None else None
+    if proto_p is not None and proto_p.exists():
+        proto = UnsafePrototype.load(proto_p)
+    else:
+        proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
+                                      progress=progress)
+        if proto_p is not None:
+            proto.save(proto_p)
+    if cal_p is not None and cal_p.exists():
+        d = json.loads(cal_p.read_text(encoding="utf-8"))
+        return MoRASSetup(proto, Calibration.from_dict(d["calibration"]), float(d["fixed_r"]), d["fixed_r_rule"],
+                          d.get("scores", []), d.get("labels", []))
+    scores: list[float] = []
+    labels: list[bool] = []
+    if isinstance(calibration, Calibration):
+        cal = calibration
+    elif isinstance(calibration, str):
+        if calibration not in PRESETS:
+            raise ValueError(f"Unknown calibration preset {calibration!r}; presets: {', '.join(PRESETS)} "
+                             "(or pass labelled examples / a labelled file).")
+        cal = Calibration.preset(calibration)
+    else:
+        m = MoRAS.calibrate(model, list(calibration), prototype=proto, method=fit, batch_size=batch_size,
+                            progress=progress, **{k: v for k, v in vars(cfg).items()})
+        assert m.calibration is not None
+        cal = m.calibration
+        scores = [float(t.similarity or 0.0) for t in m.calibration_traces]
+        labels = [t.label == "unsafe" for t in m.calibration_traces]
+    r, rule = choose_fixed_r(cal, scores, labels, fixed_r)
+    setup = MoRASSetup(proto, cal, r, rule, scores, labels)
+    if cal_p is not None:
+        atomic_write_text(cal_p, json.dumps(setup.to_dict(), indent=1))
+    return setup
+
+
+def build_methods(model: MLLM, names: Sequence[str], setup: MoRASSetup | None = None, *,
+                  config: MoRASConfig | None = None, ecso_caption_prompt: str = ECSO_CAPTION_PROMPT,
+                  adashield_position: str = "append") -> dict[str, Method]:
+    """Method objects by name, in the given order (``moras`` and ``fixed`` need ``setup``)."""
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    if not names:
+        raise ValueError(f"No methods given; choose from {', '.join(METHODS)}.")
+    if setup is None and any(n in ("moras", "fixed") for n in names):
+        raise ValueError("'moras' and 'fixed' need a prototype and calibration: pass setup=prepare_moras(...).")
+    out: dict[str, Method] = {}
+    for n in names:
+        if n == "none":
+            out[n] = NoDefence(model)
+        elif n == "adashield":
+            out[n] = AdaShieldS(model, position=adashield_position)
+        elif n == "ecso":
+            out[n] = ECSO(model, caption_prompt=ecso_caption_prompt)
+        elif n == "moras":
+            assert setup is not None
+            out[n] = MoRAS(model, setup.prototype, setup.calibration, MoRASConfig(**vars(config or MoRASConfig())))
+        else:
+            assert setup is not None
+            base = {k: v for k, v in vars(config or MoRASConfig()).items() if k != "fixed_r"}
+            out[n] = FixedSteering(model, setup.prototype, setup.fixed_r, config=MoRASConfig(**base))
+    return out
+
+
+TOY_ECSO_CAPTION_PROMPT = CONTEXT_PROMPT
+"""The organism was trained to caption with the MoRAS stage-1 prompt only, so its ECSO baseline uses that."""
+
+__all__ = ["METHODS", "TOY_ECSO_CAPTION_PROMPT", "MoRASSetup", "build_methods", "choose_fixed_r", "prepare_moras"]
