@@ -60,6 +60,16 @@ else:
 queries = unsafe + safe
 print(len(unsafe), "unsafe and", len(safe), "safe queries")'''
 
+MORAS_DATA = """from moras_interp.moras import load_examples, toy_examples
+
+if DATA is None:
+    calib = toy_examples(N, N, split="calib", seed=0)   # labelled pairs for (x0, k), disjoint from eval
+    evals = toy_examples(N, N, split="eval", seed=0)
+else:
+    rows = load_examples(DATA)
+    calib, evals = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+print(len(calib), "calibration and", len(evals), "evaluation examples")"""
+
 
 def md(text: str) -> nbformat.NotebookNode:
     return nbformat.v4.new_markdown_cell(text.strip())
@@ -182,6 +192,102 @@ fig.add_hline(y=1.0, line_dash="dot")
 fig.update_layout(title=f"{model.model_id}: attention on the hazard vs its area share (last token)",
                   xaxis_title="layer (H_n = visual head set)", yaxis_title="share / area share")
 export(fig, "01_region_share_by_layer")"""),
+    ],
+)
+
+
+NOTEBOOKS["03_moras_pipeline"] = notebook(
+    "03 · The MoRAS pipeline, one query and then a batch",
+    "MoRAS (arXiv 2510.13698) in three stages on the same nnsight graph: (1) the model writes a one-sentence "
+    "visual context for the image; (2) with a safety prompt and the reformulated question it greedily produces "
+    "N=3 tokens whose next-token distributions are compared (γ-decayed cosine) with those of an *unsafe "
+    "prototype* (mean states over text-only harmful requests), giving a risk r after a sigmoid calibration; "
+    "(3) it answers the ORIGINAL question while the first N post-final-norm states are interpolated towards the "
+    "prototype, h ← h + r (u_t − h). Every intermediate state is kept in a `MoRASTrace`.",
+    [
+        code(MORAS_DATA),
+        md("## Prototype and calibration\n`prepare_moras` builds the unsafe prototype u_t [N, d] from text-only "
+           "harmful requests and fits (x0, k) on the labelled pairs by the official recipe "
+           "(x0 = mean s, k = ln 99 / (1 − x0)); it also chooses the fixed-strength baseline's r."),
+        code("""from moras_interp.moras import MoRAS, prepare_moras
+
+setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
+moras = MoRAS(model, setup.prototype, setup.calibration)
+print(setup.calibration, "| fixed r:", round(setup.fixed_r, 3), f"({setup.fixed_r_rule})")
+print("prototype:", tuple(setup.prototype.final.shape), "built from", len(setup.prototype.prompts), "requests")"""),
+        md("## One unsafe query through the three stages"),
+        code("""ex = next(e for e in evals if e.label == "unsafe")
+trace = moras.run([ex.load_image()], [ex.text], max_new_tokens=24, progress=False)[0]
+trace                     # renders every stage: prompts as sent, context, stage-2 tokens, s, r, answer, times"""),
+        code("""print("visual context :", trace.visual_context)
+print("stage-2 tokens :", trace.stage2_tokens, "-> s =", round(trace.similarity, 3), " r =", round(trace.risk, 3))
+print("displacement   :", [round(x, 2) for x in trace.displacement_norms])
+print("answer         :", trace.answer)
+export(trace.summary_figure(), "03_trace_summary")"""),
+        md("## A batch: MoRAS against no defence, fixed-strength steering and prompt baselines\n`evaluate` "
+           "records one line per (method, example) as it goes (a rerun resumes) and summarises attack success "
+           "on unsafe queries and over-refusal on safe ones."),
+        code("""from moras_interp.moras import build_methods, evaluate
+from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT
+from moras_interp.moras.prompts import ECSO_CAPTION_PROMPT
+from moras_interp.moras.report import rate_bars, risk_histogram
+
+caption = TOY_ECSO_CAPTION_PROMPT if MODEL == "toy-llava" else ECSO_CAPTION_PROMPT  # the toy only knows stage 1's
+methods = build_methods(model, ["none", "moras", "fixed", "adashield", "ecso"], setup, ecso_caption_prompt=caption)
+result = evaluate(evals, methods, Path(FIGURES).parent / "runs" / "nb03", batch_size=16, max_new_tokens=24,
+                  progress=False, figures=False)
+result.summary[["method", "n", "asr", "over_refusal", "mean_risk", "risk_auroc", "mean_latency_s"]].round(3)"""),
+        code("""export(rate_bars(result.summary), "03_rates")"""),
+        code("""export(risk_histogram(result.records, "moras"), "03_risk_histogram")"""),
+    ],
+)
+
+NOTEBOOKS["04_ablations"] = notebook(
+    "04 · Ablations as one-liners",
+    "The reviewers' questions, each a grid over named factors with `moras_interp.ablations.run_grid`: how many "
+    "steered tokens N, the decay γ, fixed vs adaptive strength, visual context vs safety prompt, where to steer, "
+    "and what happens when the attention to the most-attended visual tokens is removed. Every grid returns a "
+    "tidy DataFrame (one row per example × setting), is cached per setting and resumes after an interruption.",
+    [
+        code(MORAS_DATA),
+        code("""from moras_interp.ablations import (attention_evaluator, metric_vs_factor, moras_evaluator, run_grid,
+                                   two_factor_heatmap)
+from moras_interp.moras import prepare_moras
+
+setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
+evaluator = moras_evaluator(model, setup.prototype, setup.calibration, max_new_tokens=16, batch_size=16)
+runs = Path(FIGURES).parent / "runs" / "nb04"
+data = evals"""),
+        md("## Fixed vs risk-adaptive strength\nFixed r steers every query alike; MoRAS (fixed_r = None) uses "
+           "each query's own risk."),
+        code("""df = run_grid({"fixed_r": [None, 0.5, 1.0]}, evaluator, data, out=runs / "fixed_r", progress=False)
+export(metric_vs_factor(df, "fixed_r", "refused", color="label",
+                        title="refusal rate vs fixed strength (None = MoRAS's adaptive r)"), "04_fixed_vs_adaptive")"""),
+        md("## N and γ"),
+        code("""df = run_grid({"n_tokens": [1, 3], "gamma": [0.0, 0.3]}, evaluator, data, out=runs / "n_gamma",
+              progress=False)
+df["error"] = df["refused"] != (df["label"] == "unsafe")
+export(two_factor_heatmap(df, "gamma", "n_tokens", "error", title="error rate (refused ≠ unsafe) over N × γ"),
+       "04_n_gamma")"""),
+        md("## Visual context vs safety prompt in stage 2"),
+        code("""df = run_grid({"use_context": [True, False], "safety_prompt_on": [True, False]}, evaluator, data,
+              out=runs / "context_prompt", progress=False)
+df["setting_name"] = df.apply(lambda r: f"context {'on' if r.use_context else 'off'}, "
+                                        f"prompt {'on' if r.safety_prompt_on else 'off'}", axis=1)
+export(metric_vs_factor(df, "setting_name", "risk", color="label", title="mean risk r: context vs safety prompt"),
+       "04_context_vs_prompt")"""),
+        md("## Where to steer\nThe prototype is rebuilt at the chosen residual-stream layer."),
+        code("""df = run_grid({"steer_layer": [None, 0, model.n_layers - 1]}, evaluator, data, out=runs / "layer",
+              progress=False)
+export(metric_vs_factor(df, "steer_layer", "refused", color="label",
+                        title="refusal rate vs steering site (None = after the final norm)"), "04_steer_layer")"""),
+        md("## Masking the most-attended visual tokens\nAttention edits are addressed by hook name; here the "
+           "top fraction of image tokens (by each row's own attention) is removed in every layer."),
+        code("""unsafe_with_box = [e for e in data if e.label == "unsafe" and e.region is not None]
+att = run_grid({"mask_top_visual": [0.0, 0.1, 0.25], "context": [False, True]},
+               attention_evaluator(model, batch_size=16), unsafe_with_box, out=runs / "mask", progress=False)
+export(metric_vs_factor(att, "mask_top_visual", "ratio", color="context",
+                        title="attention on the hazard / area share vs masked top visual tokens"), "04_mask_top_visual")"""),
     ],
 )
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from moras_interp.notebooks import NOTEBOOKS, REPO, execute
 
-FAST = {"N": 12}
+FAST = {"01_attention_misses_visual_risk": {"N": 12}, "02_contrastive_directions": {"N": 12},
+        "03_moras_pipeline": {"N": 8}, "04_ablations": {"N": 3}}  # examples per class: CI time
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -18,7 +19,7 @@ def test_notebook_executes_and_writes_figures(name: str, tmp_path: Path) -> None
     path = REPO / "notebooks" / f"{name}.ipynb"
     assert path.exists(), f"{path} missing: run `python notebooks/build_notebooks.py`"
     figs = tmp_path / "figures"
-    execute(path, {"FIGURES": str(figs), **FAST}, timeout=600)
+    execute(path, {"FIGURES": str(figs), **FAST[name]}, timeout=600)
     pngs = sorted(figs.glob(f"{name[:2]}_*.png"))
     assert pngs, f"{name} wrote no PNG figure into FIGURES"
     for png in pngs:

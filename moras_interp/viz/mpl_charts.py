@@ -27,13 +27,28 @@ def _err(tr: Any, n: int) -> np.ndarray | None:
     return arr if arr.shape[0] == n else None
 
 
+def _histogram(cv: Any, ax: Any, key: tuple[str, str], tr: Any, c: Any, label: str | None) -> None:
+    """A vertical histogram of ``tr.x`` with plotly's ``xbins`` (start, end, size) when given."""
+    x = _num(tr.x if tr.x is not None else [])
+    x = x[np.isfinite(x)]
+    xb = tr.xbins
+    if xb is not None and xb.size is not None and xb.start is not None and xb.end is not None:
+        bins: Any = np.arange(float(xb.start), float(xb.end) + float(xb.size) / 2, float(xb.size))
+    else:
+        bins = "auto"
+    alpha = 1.0 if tr.opacity is None else float(tr.opacity)
+    counts, edges, _ = ax.hist(x, bins=bins, color=c, alpha=alpha, label=label)
+    if len(edges):
+        cv.grow(key, float(edges[0]), float(edges[-1]), 0.0, float(max(counts.max(initial=0), 1)))
+
+
 def draw_charts(cv: Any, color: Any) -> None:
     """Draw the figure's scatter and bar traces onto the canvas ``cv`` (a ``mpl._Canvas``).
 
     ``color(c, default)`` converts a plotly colour to an RGBA tuple.
     """
     fig: go.Figure = cv.fig
-    charts = [tr for tr in fig.data if tr.type in ("scatter", "bar")]
+    charts = [tr for tr in fig.data if tr.type in ("scatter", "bar", "histogram")]
     if not charts:
         return
     cats: dict[str, list[str]] = {}
@@ -60,6 +75,10 @@ def draw_charts(cv: Any, color: Any) -> None:
         label = tr.name if tr.name and tr.showlegend is not False else None
         if label:
             legend_axes.add(key)
+        if tr.type == "histogram":
+            _histogram(cv, ax, key, tr, color(tr.marker.color if isinstance(tr.marker.color, str) else None, default),
+                       label)
+            continue
         err = _err(tr, len(y))
         if tr.type == "bar":
             group = bars[key]
