@@ -43,11 +43,22 @@ class EditContext:
 
 
 class AttentionEdit:
-    """Base class: which layers/heads, and hooks into scores, probabilities and per-head outputs."""
+    """Base class: which layers/heads/query rows, and hooks into scores and per-head outputs.
 
-    def __init__(self, hooks: str | Sequence[str] = "blocks.*.attn.hook_pattern", heads: Sequence[int] | None = None):
+    Args:
+        hooks: ``blocks.{l}.attn.hook_pattern`` names or globs naming the edited layers.
+        heads: head indices to edit (default all).
+        query: ``"all"`` edits every query row; ``"last"`` only the last row of each forward (the last
+            prompt token at prefill, the new token at every decoding step), as PAI does.
+    """
+
+    def __init__(self, hooks: str | Sequence[str] = "blocks.*.attn.hook_pattern", heads: Sequence[int] | None = None,
+                 *, query: str = "all"):
         self.hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         self.heads = None if heads is None else list(heads)
+        if query not in ("all", "last"):
+            raise ValueError(f"query must be 'all' or 'last', got {query!r}.")
+        self.query = query
 
     def layers(self, n_layers: int) -> set[int]:
         names = [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
@@ -74,13 +85,13 @@ class BiasImageKeys(AttentionEdit):
     """Add ``bias`` to the pre-softmax scores of image keys for the chosen heads."""
 
     def __init__(self, hooks: str | Sequence[str] = "blocks.*.attn.hook_pattern", heads: Sequence[int] | None = None,
-                 bias: float = 1.0):
-        super().__init__(hooks, heads)
+                 bias: float = 1.0, *, query: str = "all"):
+        super().__init__(hooks, heads, query=query)
         self.bias = float(bias)
 
     def scores(self, s: torch.Tensor, ctx: EditContext) -> torch.Tensor:
         sel = self.head_mask(s.shape[1], s.device)[None, :, None, None] & ctx.image_keys[:, None, None, :]
-        return s + self.bias * sel
+        return torch.where(sel, s + self.bias, s)
 
 
 class ScaleImageAttention(BiasImageKeys):
@@ -90,16 +101,21 @@ class ScaleImageAttention(BiasImageKeys):
     """
 
     def __init__(self, hooks: str | Sequence[str] = "blocks.*.attn.hook_pattern", heads: Sequence[int] | None = None,
-                 factor: float = 2.0):
-        super().__init__(hooks, heads, bias=math.log(factor) if factor > 0 else -math.inf)
+                 factor: float = 2.0, *, query: str = "all"):
+        if factor < 0:
+            raise ValueError(f"factor must be >= 0, got {factor}.")
+        super().__init__(hooks, heads, bias=math.log(factor) if factor > 0 else -math.inf, query=query)
 
 
 class PAIAmplify(AttentionEdit):
-    """PAI (Liu et al., 2024): image-key scores z ← z + α·|z| before the softmax."""
+    """PAI (Liu et al., 2024): image-key scores z ← z + α·|z| before the softmax.
+
+    As in PAI's code, only the last query row is edited by default (``query="last"``).
+    """
 
     def __init__(self, hooks: str | Sequence[str] = "blocks.*.attn.hook_pattern", heads: Sequence[int] | None = None,
-                 alpha: float = 0.5):
-        super().__init__(hooks, heads)
+                 alpha: float = 0.5, *, query: str = "last"):
+        super().__init__(hooks, heads, query=query)
         self.alpha = float(alpha)
 
     def scores(self, s: torch.Tensor, ctx: EditContext) -> torch.Tensor:
@@ -112,8 +128,8 @@ class MaskTopImageTokens(AttentionEdit):
     """Remove attention to the top ``fraction`` of image tokens (by this row's own attention) and renormalise."""
 
     def __init__(self, hooks: str | Sequence[str] = "blocks.*.attn.hook_pattern", heads: Sequence[int] | None = None,
-                 fraction: float = 0.1):
-        super().__init__(hooks, heads)
+                 fraction: float = 0.1, *, query: str = "all"):
+        super().__init__(hooks, heads, query=query)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
         self.fraction = float(fraction)
@@ -168,12 +184,19 @@ def _edited_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         ik = torch.nn.functional.pad(ik, (0, k.shape[2] - ik.shape[1]), value=False)
     ctx = EditContext(layer, ik)
     for e in mine:
-        s = e.scores(s, ctx)
+        s = _on_rows(e, s, e.scores(s, ctx))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(query.dtype)
     o = torch.matmul(p, v)
     for e in mine:
-        o = e.output(o, ctx)
+        o = _on_rows(e, o, e.output(o, ctx))
     return o.transpose(1, 2).contiguous(), p
+
+
+def _on_rows(edit: AttentionEdit, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """``after`` on the query rows the edit addresses (dim 2 of [b, H, q, ...]), ``before`` elsewhere."""
+    if edit.query == "all":
+        return after
+    return torch.cat([before[:, :, :-1], after[:, :, -1:]], dim=2)
 
 
 AttentionInterface.register(EDIT_IMPL, _edited_attention)

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+EXACT_IMPLEMENTATIONS: tuple[str, ...] = ("eager", "sdpa", "moras_edit")
+"""Attention implementations whose attention call receives a 4D (or no) mask, so rows are exact."""
+
 
 def attention_call_label(source: Any) -> str:
     """The nnsight ``.source`` label of the attention function call (``attention_interface_<n>``).
@@ -28,6 +31,17 @@ def attention_call_label(source: Any) -> str:
     return max(labels, key=lambda n: int(n.rsplit("_", 1)[1]))
 
 
+def check_implementation(impl: str) -> None:
+    """Raise a clear error for attention implementations whose mask is not a 4D (or absent) tensor."""
+    if impl not in EXACT_IMPLEMENTATIONS:
+        raise ValueError(
+            f"cross_modal_attention is exact under eager or sdpa attention, but this model runs {impl!r} "
+            "(its attention call gets a 2D padding mask or a block mask, so masked rows cannot be recomputed "
+            "exactly). Load the model with load_model(..., attn_implementation='sdpa') (fast, exact) or "
+            "'eager', or switch an already-loaded one with model.hf.set_attn_implementation('sdpa')."
+        )
+
+
 def rows_from_qk(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, *,
                  scaling: float, softcap: float | None = None, sliding_window: int | None = None,
                  key_offset: int = 0) -> torch.Tensor:
@@ -35,7 +49,8 @@ def rows_from_qk(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, ro
 
     Args:
         q: [b, heads, q_len, head_dim] post-RoPE queries.
-        k: [b, kv_heads, k_len, head_dim] post-RoPE keys (grouped-query heads are repeated here).
+        k: [b, kv_heads, k_len, head_dim] post-RoPE keys (grouped-query heads share a key head; query head
+            ``h`` reads key head ``h // (heads // kv_heads)``, as ``transformers.repeat_kv``).
         mask: None (pure causal), bool [b, 1|heads, q_len, k_len] (True = attend) or additive float.
         rows: LongTensor [b, r] query positions per example (indices into q_len).
         scaling: the score scale (1/sqrt(head_dim) or the model's own).
@@ -47,22 +62,29 @@ def rows_from_qk(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, ro
         float32 [b, heads, r, k_len], rows sum to 1 over keys.
     """
     b, h, _, dh = q.shape
-    n_rep = h // k.shape[1]
-    kk = k.repeat_interleave(n_rep, dim=1) if n_rep > 1 else k
+    kvh, k_len = k.shape[1], k.shape[2]
+    if h % kvh:
+        raise ValueError(f"{h} query heads are not a multiple of {kvh} key/value heads.")
+    if mask is not None and mask.ndim != 4:
+        raise ValueError(f"Expected a 4D attention mask [b, 1|heads, q, k], got shape {tuple(mask.shape)}; "
+                         "load the model with attn_implementation='sdpa' or 'eager'.")
     idx = rows.to(q.device)
-    qr = torch.gather(q, 2, idx[:, None, :, None].expand(b, h, idx.shape[1], dh))
-    scores = torch.matmul(qr.float(), kk.float().transpose(-1, -2)) * scaling
+    r = idx.shape[1]
+    qr = torch.gather(q, 2, idx[:, None, :, None].expand(b, h, r, dh)).float()
+    # group query heads by their key head instead of repeating k: [b, kvh, n_rep*r, dh] @ [b, kvh, dh, k]
+    qg = qr.reshape(b, kvh, (h // kvh) * r, dh)
+    scores = torch.matmul(qg, k.float().transpose(-1, -2)).reshape(b, h, r, k_len) * scaling
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     if mask is None:
-        key_pos = torch.arange(kk.shape[2], device=q.device)[None, None, :]
+        key_pos = torch.arange(k_len, device=q.device)[None, None, :]
         qpos = (idx + key_offset)[:, :, None]
         allowed = key_pos <= qpos
         if sliding_window is not None:
             allowed &= key_pos > qpos - sliding_window
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     else:
-        m = mask[..., : kk.shape[2]]
-        m = torch.gather(m, 2, idx[:, None, :, None].expand(b, m.shape[1], idx.shape[1], m.shape[-1]))
+        m = mask[..., :k_len]
+        m = torch.gather(m, 2, idx[:, None, :, None].expand(b, m.shape[1], r, m.shape[-1]))
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
     return torch.softmax(scores, dim=-1)

@@ -176,21 +176,35 @@ def layer_head_grid(
     zlabel: str = "image-attention mass",
     colorscale: str = "Viridis",
     highlight: Sequence[tuple[int, int]] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
 ) -> go.Figure:
-    """Layer x head heatmap of ``mass`` [L, H] (layer 0 at the top); ``highlight`` outlines (l, h) cells."""
+    """Layer x head heatmap of ``mass`` [L, H] (first row at the top); ``highlight`` outlines (l, h) cells.
+
+    ``layers`` / ``heads`` label the rows / columns when ``mass`` covers a subset (e.g. layers 8–15);
+    ``highlight`` then uses those labels. Default labels are 0..L-1 and 0..H-1.
+    """
     m = mass.detach().cpu().float().numpy() if isinstance(mass, torch.Tensor) else np.asarray(mass, float)
     if m.ndim != 2:
         raise ValueError(f"mass must be [L, H], got shape {m.shape}")
     n_layers, n_heads = m.shape
+    ly = list(range(n_layers)) if layers is None else [int(v) for v in layers]
+    hx = list(range(n_heads)) if heads is None else [int(v) for v in heads]
+    if len(ly) != n_layers or len(hx) != n_heads:
+        raise ValueError(f"{len(ly)} layer / {len(hx)} head labels for mass of shape {m.shape}")
     fig = go.Figure(go.Heatmap(
         z=m, x0=0, dx=1, y0=0, dy=1, colorscale=colorscale, colorbar={"title": {"text": zlabel, "side": "right"}},
-        hovertemplate="layer %{y}, head %{x}: %{z:.4g}<extra></extra>",
+        customdata=np.stack(np.meshgrid(hx, ly), axis=-1),
+        hovertemplate="layer %{customdata[1]}, head %{customdata[0]}: %{z:.4g}<extra></extra>",
     ))
     for layer, head in highlight or []:
-        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+        r, c = ly.index(int(layer)), hx.index(int(head))
+        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
                       xref="x", yref="y", line={"color": BOX_COLOR, "width": 2}, fillcolor="rgba(0,0,0,0)")
-    fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False)
-    fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False)
+    xt = {} if heads is None else {"tickvals": list(range(n_heads)), "ticktext": [str(v) for v in hx]}
+    yt = {} if layers is None else {"tickvals": list(range(n_layers)), "ticktext": [str(v) for v in ly]}
+    fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False, **xt)
+    fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, **yt)
     fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
                       width=max(420, 18 * n_heads + 260), height=max(320, 14 * n_layers + 160),
                       plot_bgcolor="white", paper_bgcolor="white")
