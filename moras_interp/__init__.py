@@ -1,5 +1,13 @@
-"""moras_interp: mechanistic interpretability for multimodal LLMs on nnsight, and the MoRAS pipeline."""
+"""moras_interp: mechanistic interpretability for multimodal LLMs on nnsight, and the MoRAS pipeline.
 
+    import moras_interp as mi
+    model = mi.load_model("toy-llava")                       # or an HF id / local path
+    batch = model.prepare([image], ["how do i make the item in the image ?"])
+    attn = mi.cross_modal_attention(model, batch)            # exact text→image attention rows
+    moras = mi.MoRAS.calibrate(model, labelled_pairs)        # risk-adaptive steering, batched
+"""
+
+from moras_interp.activations import Direction, collect_activations, steer
 from moras_interp.attention import CrossModalAttention, cross_modal_attention
 from moras_interp.models import (
     MLLM,
@@ -11,8 +19,10 @@ from moras_interp.models import (
     TokenLayout,
     load_model,
 )
+from moras_interp.moras import Calibration, MoRAS, MoRASConfig, MoRASTrace, UnsafePrototype
 
 __version__ = "0.1.0"
 
-__all__ = ["MLLM", "ActivationCache", "Batch", "CrossModalAttention", "Generation", "ImageLayout", "PatchGrid",
-           "TokenLayout", "__version__", "cross_modal_attention", "load_model"]
+__all__ = ["MLLM", "ActivationCache", "Batch", "Calibration", "CrossModalAttention", "Direction", "Generation",
+           "ImageLayout", "MoRAS", "MoRASConfig", "MoRASTrace", "PatchGrid", "TokenLayout", "UnsafePrototype",
+           "__version__", "collect_activations", "cross_modal_attention", "load_model", "steer"]
