@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.names:
         path = REPO / "notebooks" / f"{name}.ipynb"
         print(f"running {path.name} …", flush=True)
-        execute(path, {"FIGURES": a.figures}, save_to=path if a.save_executed else None)
+        execute(path, {"FIGURES": str(Path(a.figures).resolve())}, save_to=path if a.save_executed else None)
     print(f"figures in {a.figures}")
     return 0
 

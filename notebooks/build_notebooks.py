@@ -32,6 +32,8 @@ from moras_interp.viz import save_html, save_png
 
 Path(FIGURES).mkdir(parents=True, exist_ok=True)
 model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
+# cached / resumable results of this notebook, one folder per model and data size
+RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path(str(DATA)).stem}-N{N}"
 
 
 def export(fig, name):
@@ -113,7 +115,7 @@ pd.DataFrame({"question": [q.question for q in queries[:4]], "context": contexts
                                       separability_figure_by_condition)
 
 stores = {name: collect_activations(model, data, names="blocks.*.hook_resid_post", positions="last",
-                                    batch_size=16, out=Path(FIGURES).parent / "runs" / f"nb02_{name}")
+                                    batch_size=16, out=RUNS / f"nb02_{name}")
           for name, data in {"plain": plain, "reformulated": reform}.items()}
 pairs = {name: class_activations(store, "unsafe", "safe") for name, store in stores.items()}
 seps = {name: layer_separability(pair) for name, pair in pairs.items()}
@@ -234,7 +236,7 @@ from moras_interp.moras.report import rate_bars, risk_histogram
 
 caption = TOY_ECSO_CAPTION_PROMPT if MODEL == "toy-llava" else ECSO_CAPTION_PROMPT  # the toy only knows stage 1's
 methods = build_methods(model, ["none", "moras", "fixed", "adashield", "ecso"], setup, ecso_caption_prompt=caption)
-result = evaluate(evals, methods, Path(FIGURES).parent / "runs" / "nb03", batch_size=16, max_new_tokens=24,
+result = evaluate(evals, methods, RUNS / "nb03", batch_size=16, max_new_tokens=24,
                   progress=False, figures=False)
 result.summary[["method", "n", "asr", "over_refusal", "mean_risk", "risk_auroc", "mean_latency_s"]].round(3)"""),
         code("""export(rate_bars(result.summary), "03_rates")"""),
@@ -256,7 +258,7 @@ from moras_interp.moras import prepare_moras
 
 setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
 evaluator = moras_evaluator(model, setup.prototype, setup.calibration, max_new_tokens=16, batch_size=16)
-runs = Path(FIGURES).parent / "runs" / "nb04"
+runs = RUNS / "nb04"
 data = evals"""),
         md("## Fixed vs risk-adaptive strength\nFixed r steers every query alike; MoRAS (fixed_r = None) uses "
            "each query's own risk."),
