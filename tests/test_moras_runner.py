@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -120,3 +121,16 @@ def test_cli_with_jsonl_file_preset_calibration_and_errors(tmp_path, capsys):
         load_examples(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="needs --image-root"):
         load_examples(data, fmt="figstep")
+
+
+def test_resuming_a_different_run_into_the_same_folder_is_refused(tmp_path: pathlib.Path) -> None:
+    import moras_interp as mi
+    from moras_interp.moras import toy_examples
+
+    toy = mi.load_model("toy-llava")
+    exs = toy_examples(1, 1)
+    evaluate(exs, {"none": NoDefence(toy)}, tmp_path, max_new_tokens=4, progress=False, figures=False,
+             run_info={"model": "toy-llava", "data": "toy", "max_new_tokens": 4})
+    with pytest.raises(ValueError, match="different run"):
+        evaluate(exs, {"none": NoDefence(toy)}, tmp_path, max_new_tokens=8, progress=False, figures=False,
+                 run_info={"model": "toy-llava", "data": "toy", "max_new_tokens": 8})
