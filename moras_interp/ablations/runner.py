@@ -87,6 +87,15 @@ def run_grid(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Se
     return df
 
 
+def _label(v: Any) -> str:
+    """Axis label of a factor value: None/NaN → "None", integral floats without ".0" (pandas upcasts ints)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "None"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def metric_vs_factor(df: pd.DataFrame, factor: str, metric: str, *, color: str | None = None, title: str = "") -> Any:
     """Plotly line/marker figure of the mean metric per factor value (one line per ``color`` value)."""
     import plotly.graph_objects as go
@@ -95,7 +104,7 @@ def metric_vs_factor(df: pd.DataFrame, factor: str, metric: str, *, color: str |
     groups = [(None, df)] if color is None else list(df.groupby(color, dropna=False))
     for name, g in groups:
         agg = g.groupby(factor, dropna=False)[metric].mean().reset_index()
-        fig.add_scatter(x=[str(v) for v in agg[factor].astype(object).where(agg[factor].notna(), None)], y=agg[metric], mode="lines+markers",
+        fig.add_scatter(x=[_label(v) for v in agg[factor]], y=agg[metric], mode="lines+markers",
                         name=str(name) if color else metric)
     fig.update_layout(title=title or f"{metric} vs {factor}", xaxis_title=factor, yaxis_title=metric)
     return fig

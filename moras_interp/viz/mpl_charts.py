@@ -98,8 +98,12 @@ def draw_charts(cv: Any, color: Any) -> None:
         fin = np.isfinite(x) & np.isfinite(y)
         if fin.any():
             pad = 0.5 if key[0] in cats or tr.type == "bar" else 0.0
-            ylo = min(0.0, float(y[fin].min())) if tr.type == "bar" else float(y[fin].min())
-            cv.grow(key, float(x[fin].min()) - pad, float(x[fin].max()) + pad, ylo, float(y[fin].max()))
+            lo, hi = float(y[fin].min()), float(y[fin].max())
+            margin = 0.0 if tr.type == "bar" else 0.05 * ((hi - lo) or abs(hi) or 1.0)
+            ylo, yhi = (min(0.0, lo) if tr.type == "bar" else lo - margin), hi + margin
+            if cv.layout_axis("y", key[1]).type == "log" and lo > 0:
+                ylo, yhi = lo / 1.2, hi * 1.2
+            cv.grow(key, float(x[fin].min()) - pad, float(x[fin].max()) + pad, ylo, yhi)
     for (xid, yid), ax in cv.axes.items():
         xa, ya = cv.layout_axis("x", xid), cv.layout_axis("y", yid)
         if xid in cats:
