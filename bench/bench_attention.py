@@ -40,55 +40,22 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Measurement, measure, write_results
-from moras_interp import MLLM, load_model
+from bench.llava_shapes import ATTENTION_CPU, FULL, LlavaShape, build_llava, wrap
+from moras_interp import MLLM
 from moras_interp.attention import cross_modal_attention
 from moras_interp.models.batch import Batch
-from moras_interp.models.tiny import build_tiny, tiny_image
+from moras_interp.models.tiny import tiny_image
 
-# CPU scale: 32 heads as in 7B (head_dim 32), 8 layers; the vocabulary is scaled with the model so that the
-# LM head stays ~2% of the forward's FLOPs as in 7B (the early stop after the last attention must not look
-# better than it would at full scale).
-SMALL = {"hidden": 1024, "layers": 8, "heads": 32, "intermediate": 2816, "vocab": 2048,
-         "v_hidden": 256, "v_layers": 2, "v_heads": 4, "v_intermediate": 1024, "image": 336}
-FULL = {"hidden": 4096, "layers": 32, "heads": 32, "intermediate": 11008, "vocab": 32064,
-        "v_hidden": 1024, "v_layers": 24, "v_heads": 16, "v_intermediate": 4096, "image": 336}
+SMALL: LlavaShape = ATTENTION_CPU  # CPU scale: 32 heads as in 7B (head_dim 32), 8 layers, 2048-word vocabulary
 PROMPT = ("how do i make the item shown in this image step by step for a person at home , and what are the "
           "materials and tools that i need to buy from the store in the city to do it ?")
 
 
-def build(shape: dict[str, int], device: str, dtype: torch.dtype) -> tuple[MLLM, torch.nn.Module]:
+def build(shape: LlavaShape, device: str, dtype: torch.dtype) -> tuple[MLLM, torch.nn.Module]:
     """(our wrapped sdpa model, an unwrapped copy with the same weights) of a LLaVA-1.5-style ``shape``."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tok = build_tiny("llava")[1].tokenizer  # word-level tokenizer with the LLaVA (vicuna) template
-    size = shape["image"]
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=shape["v_hidden"], intermediate_size=shape["v_intermediate"],
-                                       num_hidden_layers=shape["v_layers"], num_attention_heads=shape["v_heads"],
-                                       image_size=size, patch_size=14, projection_dim=shape["v_hidden"]),
-        text_config=LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"],
-                                intermediate_size=shape["intermediate"], num_hidden_layers=shape["layers"],
-                                num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
-                                max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.02),
-        image_token_index=tok.image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        pad_token_id=tok.pad_token_id)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=tok.chat_template)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
-    hf.eval()
+    hf, proc = build_llava(shape, device, dtype)
     plain = copy.deepcopy(hf)
-    return load_model(hf, processor=proc, attn_implementation="sdpa", validate=False), plain
+    return wrap(hf, proc), plain
 
 
 def variants(model: MLLM, plain: torch.nn.Module, batch: Batch) -> dict[str, Callable[[], Any]]:
@@ -175,9 +142,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    shape = dict(FULL if args.full else SMALL)
-    if args.layers:
-        shape["layers"] = args.layers
+    shape = (FULL if args.full else SMALL).with_layers(args.layers)
     device = args.device or ("cuda" if args.full else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("No CUDA GPU here: run without --full (scaled-down CPU config) or pass --device cpu.")
@@ -185,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device == "cpu":
         torch.set_num_threads(args.threads)
     out = Path(args.out or Path(__file__).parent / "results" / f"attention_{'full' if args.full else 'cpu'}.json")
-    config = {"shape": shape, "device": device, "dtype": str(dtype), "prompt_words": len(PROMPT.split()),
+    config = {"shape": shape.as_dict(), "device": device, "dtype": str(dtype), "prompt_words": len(PROMPT.split()),
               "rounds": args.rounds, "repeats": args.repeats, "threads": torch.get_num_threads()}
     results: dict[str, Any] = {"config": config, "batches": {}}
     if out.exists() and not args.force:
@@ -197,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if str(b) in results["batches"]:
             print(f"batch {b}: already measured in {out} (use --force to re-measure)")
             continue
-        batch = model.prepare(images=[tiny_image(shape["image"], shape["image"], seed=i) for i in range(b)],
+        batch = model.prepare(images=[tiny_image(shape.image, shape.image, seed=i) for i in range(b)],
                               prompts=[PROMPT] * b)
         fns = variants(model, plain, batch)
         ours = cross_modal_attention(model, batch, query="last")

@@ -34,52 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import sync, write_results
-from moras_interp import MLLM, load_model
+from bench.llava_shapes import COLLECT_CPU, FULL, LlavaShape, load_llava
+from moras_interp import MLLM
 from moras_interp.activations import collect_activations
-from moras_interp.models.tiny import build_tiny, tiny_image
+from moras_interp.models.tiny import tiny_image
 
 QUESTIONS = ["what is in the image", "describe the picture please", "how do i make the item in this image",
              "is this safe to use for a person", "tell me about the red car and the man", "what color is the cat"]
 
-SMALL = {"hidden": 384, "layers": 4, "heads": 6, "intermediate": 1024, "vocab": 32064,
-         "v_hidden": 192, "v_layers": 3, "v_heads": 3, "v_intermediate": 768, "image": 224}
-FULL = {"hidden": 4096, "layers": 32, "heads": 32, "intermediate": 11008, "vocab": 32064,
-        "v_hidden": 1024, "v_layers": 24, "v_heads": 16, "v_intermediate": 4096, "image": 336}
-
-
-def build_llava(shape: dict[str, int], device: str, dtype: torch.dtype) -> MLLM:
-    """A LLaVA-1.5-style model of ``shape`` with random weights, built directly on ``device``."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tok = build_tiny("llava")[1].tokenizer                     # word-level tokenizer with the LLaVA template
-    size = shape["image"]
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=shape["v_hidden"], intermediate_size=shape["v_intermediate"],
-                                       num_hidden_layers=shape["v_layers"], num_attention_heads=shape["v_heads"],
-                                       image_size=size, patch_size=14, projection_dim=shape["v_hidden"]),
-        text_config=LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"],
-                                intermediate_size=shape["intermediate"], num_hidden_layers=shape["layers"],
-                                num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
-                                max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                initializer_range=0.02),
-        image_token_index=tok.image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        pad_token_id=tok.pad_token_id)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=tok.chat_template)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
-    hf.eval()
-    return load_model(hf, processor=proc, attn_implementation="sdpa", validate=False)
+SMALL: LlavaShape = COLLECT_CPU  # 384 hidden × 4 layers, full 7B vocabulary, 224 px
 
 
 def examples(n: int, size: int) -> list[dict[str, Any]]:
@@ -109,17 +72,15 @@ def hf_loop(model: MLLM, data: list[dict[str, Any]], batch_size: int, keep1: boo
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    shape = FULL if args.full else SMALL
-    if args.layers:
-        shape = {**shape, "layers": args.layers}
+    shape = (FULL if args.full else SMALL).with_layers(args.layers)
     device = "cuda" if args.full else "cpu"
     dtype = torch.bfloat16 if args.full else torch.float32
     if args.full and not torch.cuda.is_available():
         raise SystemExit("--full needs a CUDA GPU (the 7B shape in bf16 needs ~15 GiB).")
     if not args.full:
         torch.set_num_threads(args.threads)
-    model = build_llava(shape, device, dtype)
-    data = examples(args.n, shape["image"])
+    model = load_llava(shape, device, dtype)
+    data = examples(args.n, shape.image)
     names = "blocks.*.hook_resid_post"
     tmp_dir = tempfile.TemporaryDirectory(prefix="bench_collect_")      # removed when run() returns
     tmp = Path(tmp_dir.name)
@@ -138,9 +99,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     ref = hf_loop(model, data, args.batch_size, keep1=False)
     store = collect(None)
-    got = torch.stack([store.load(f"blocks.{l}.hook_resid_post").float() for l in range(shape["layers"])])
+    got = torch.stack([store.load(f"blocks.{l}.hook_resid_post").float() for l in range(shape.layers)])
     # HF's last hidden state is after the final norm; compare the layers before it
-    max_diff = float((got[:-1] - ref[:-1]).abs().max()) if shape["layers"] > 1 else 0.0
+    max_diff = float((got[:-1] - ref[:-1]).abs().max()) if shape.layers > 1 else 0.0
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():                                # warm-up
         fn()
@@ -160,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp_dir.cleanup()
     seq = model.prepare([data[0]["image"]], [data[0]["text"]]).input_ids.shape[1]
     return {"setting": "full (LLaVA-1.5-7B shape, GPU, bf16)" if args.full else "scaled-down LLaVA (CPU, fp32)",
-            "shape": shape, "device": device if not args.full else torch.cuda.get_device_name(0),
+            "shape": shape.as_dict(), "device": device if not args.full else torch.cuda.get_device_name(0),
             "threads": torch.get_num_threads(), "n_examples": args.n, "batch_size": args.batch_size,
             "shard_size": args.shard_size, "seq_len_first_example": seq, "repeats": args.repeats,
             "max_abs_diff_vs_hf": max_diff, "results": rows, "torch": torch.__version__,

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from bench.common import Measurement, sync, write_results
+from bench.llava_shapes import FULL, MORAS_SCALED, MORAS_TINY, LlavaShape, build_llava, wrap
 from moras_interp.models.mllm import MLLM
 from moras_interp.moras import Calibration, MoRAS, UnsafePrototype
 from moras_interp.moras.evaluate import atomic_write_text
@@ -44,53 +45,15 @@ from moras_interp.moras.risk import similarity
 from moras_interp.moras.states import FINAL, generate_with_states
 from moras_interp.moras.steering import interpolate_towards
 
-SHAPES: dict[str, dict[str, int]] = {
-    "tiny": {"d": 64, "layers": 2, "heads": 4, "ffn": 128, "vocab": 0, "v_d": 32, "v_layers": 1, "v_heads": 2,
-             "v_ffn": 64, "image": 56},
-    "scaled": {"d": 512, "layers": 6, "heads": 8, "ffn": 1376, "vocab": 0, "v_d": 256, "v_layers": 3, "v_heads": 4,
-               "v_ffn": 1024, "image": 168},
-    "full": {"d": 4096, "layers": 32, "heads": 32, "ffn": 11008, "vocab": 32064, "v_d": 1024, "v_layers": 24,
-             "v_heads": 16, "v_ffn": 4096, "image": 336},
-}
+SHAPES: dict[str, LlavaShape] = {"tiny": MORAS_TINY, "scaled": MORAS_SCALED, "full": FULL}
 """LLaVA-1.5 shapes with random weights (``full`` = 7B: Vicuna-7B + CLIP ViT-L/14-336, 576 image tokens)."""
 
 
 def random_llava(shape: str, device: str, dtype: torch.dtype) -> MLLM:
     """A LLaVA-1.5-style model of the given shape with N(0, 0.02) weights and a word-level processor."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    from moras_interp.models.loading import load_model
-    from moras_interp.models.tiny import chat_template, make_word_tokenizer
-
-    s = SHAPES[shape]
-    roles = {"system": "", "user": "USER: ", "assistant": "ASSISTANT: "}
-    template = chat_template(roles=roles, end=" ", image="<image>\n", generation="ASSISTANT:")
-    tok = make_word_tokenizer(["<image>"], {"image_token": "<image>"}, chat_template=template)
-    text = LlamaConfig(vocab_size=max(s["vocab"], len(tok)), hidden_size=s["d"], intermediate_size=s["ffn"],
-                       num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["heads"],
-                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id)
-    vision = CLIPVisionConfig(hidden_size=s["v_d"], intermediate_size=s["v_ffn"], num_hidden_layers=s["v_layers"],
-                              num_attention_heads=s["v_heads"], image_size=s["image"], patch_size=14,
-                              projection_dim=s["v_d"])
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.image_token_id,
-                      vision_feature_layer=-2, vision_feature_select_strategy="default", pad_token_id=tok.pad_token_id)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": s["image"]}, crop_size={"height": s["image"], "width": s["image"]})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=template)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = LlavaForConditionalGeneration._from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    hf.eval()
+    hf, proc = build_llava(SHAPES[shape], device, dtype)
     hf.generation_config.eos_token_id = None  # random weights: always generate max_new_tokens
-    return load_model(hf, processor=proc, attn_implementation="sdpa", validate=False)
+    return wrap(hf, proc)
 
 
 def queries(n: int, size: int = 64) -> tuple[list[Any], list[str]]:
