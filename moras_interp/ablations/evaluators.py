@@ -77,7 +77,7 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         if setting.get("mask_top_visual"):
             cfg["attention_edits"] = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))]
             cfg["attention_edit_stages"] = ("answer",)
-        ims, qs, _ = _examples(dataset)
+        ims, qs, _ = _examples(dataset, labels=False)
         if setting.get("prompt_variant") is not None:
             if not prompt_variants or setting["prompt_variant"] not in prompt_variants:
                 raise KeyError(f"prompt_variant {setting['prompt_variant']!r} is not in the evaluator's "
@@ -108,7 +108,7 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
         unknown = [k for k in setting if k not in ("layer", "heads", "context", "mask_top_visual")]
         if unknown:
             raise KeyError(f"Unknown attention factor(s) {unknown}: use layer, heads, context, mask_top_visual.")
-        ims, qs, _ = _examples(dataset)
+        ims, qs, _ = _examples(dataset, labels=False)
         if setting.get("context"):
             if contexts is not None:
                 cache["ctx"] = list(contexts)

@@ -173,7 +173,13 @@ def prepare_batch(adapter: Adapter, images: Sequence[ImageInput] | None, prompts
     texts = [render_prompt(adapter, p, len(i), chat=chat, add_generation_prompt=add_generation_prompt,
                            system=system) for p, i in zip(prompts, ims)]
     proc = adapter.processor
-    proc.tokenizer.padding_side = "left"
+    tok = proc.tokenizer
+    tok.padding_side = "left"
+    if tok.pad_token is None:  # e.g. Llama-style tokenizers without a pad token: pad with EOS (masked anyway)
+        if tok.eos_token is None:
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with: set "
+                             "model.processor.tokenizer.pad_token before batching.")
+        tok.pad_token = tok.eos_token
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
     if any(ims):
         kwargs["images"] = adapter.processor_images(ims)
@@ -189,4 +195,8 @@ def prepare_batch(adapter: Adapter, images: Sequence[ImageInput] | None, prompts
                f"as {adapter.image_placeholder()!r} from the prompts." if chat else
                "With chat=False, prepare() prepends one placeholder per image: don't add your own.")
         ) from e
+    mask = enc.get("attention_mask")
+    if mask is not None and not bool(mask[:, -1].all()):
+        raise ValueError("The processor padded on the right; prepare() needs left padding (the last position must "
+                         "be each prompt's last token). Check processor.tokenizer.padding_side.")
     return Batch(enc, build_layouts(adapter, enc, ims, prompts), prompts, texts, ims)

@@ -69,10 +69,20 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
             kw["dtype"] = _dtype(dtype)
         if device_map is not None:
             kw["device_map"] = device_map
+        elif device is not None:
+            kw["device_map"] = str(device)  # load straight onto the device (no full copy in CPU RAM first)
         hf = AutoModelForImageTextToText.from_pretrained(model_id, **kw)
         if processor is None:
-            processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code,
-                                                      **{k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")})
+            try:
+                processor = AutoProcessor.from_pretrained(
+                    model_id, trust_remote_code=trust_remote_code,
+                    **{k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")})
+            except ImportError as e:
+                raise ImportError(
+                    f"AutoProcessor.from_pretrained({model_id!r}) needs a package that is not installed: {e} "
+                    "Qwen2-VL/Qwen2.5-VL and InternVL processors include a video processor that needs torchvision: "
+                    "`pip install torchvision` matching your torch (or `pip install moras-interp[vision]`), or pass "
+                    "processor=... yourself.") from e
             if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
                 raise ValueError(
                     f"AutoProcessor.from_pretrained({model_id!r}) returned a {type(processor).__name__}, not a "
@@ -82,7 +92,9 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
                     "load_model(path, processor=MyProcessor.from_pretrained(path))."
                 )
     hf.eval()
-    if device_map is None and (device is not None or dtype is not None):
+    if device_map is not None and device is not None:
+        raise ValueError("Give either device (one device) or device_map (e.g. 'auto' for several GPUs), not both.")
+    if isinstance(model_or_id_or_path, torch.nn.Module) and (device is not None or dtype is not None):
         hf.to(device=device, dtype=_dtype(dtype))
     name = str(model_or_id_or_path) if isinstance(model_or_id_or_path, (str, Path)) else ""
     from moras_interp.organisms import ORGANISMS

@@ -201,12 +201,17 @@ class MLLM:
         """Greedy (by default) generation with KV cache; interventions from :meth:`hooks` apply per step.
 
         ``return_logits=True`` also returns the per-step logits [b, new, vocab]; other keyword arguments go to
-        HF ``generate`` (e.g. ``min_new_tokens``).
+        HF ``generate`` (e.g. ``min_new_tokens``). Greedy means plain argmax: logits processors a checkpoint's
+        ``generation_config`` may ship (``repetition_penalty``, ``no_repeat_ngram_size``) are switched off unless
+        passed explicitly.
         """
         inputs = self._inputs(batch)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         kwargs.setdefault("pad_token_id", pad)
+        if not do_sample:
+            kwargs.setdefault("repetition_penalty", 1.0)
+            kwargs.setdefault("no_repeat_ngram_size", 0)
         if return_logits:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
         out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)

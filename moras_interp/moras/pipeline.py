@@ -76,18 +76,37 @@ class MoRASConfig:
             raise ValueError(f"attention_edit_stages {bad}: use 'context', 'risk' and/or 'answer'.")
 
 
-def _examples(items: Sequence[Any]) -> tuple[list[Any], list[str], list[bool]]:
-    """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label."""
+_UNSAFE = ("unsafe", "harmful", "1", "true", "yes")
+_SAFE = ("safe", "benign", "harmless", "0", "false", "no", "none")
+
+
+def _is_unsafe(label: Any, index: int) -> bool:
+    """True for an unsafe label, False for a safe one; anything else is an error (a typo must not become "safe")."""
+    if label is True or label is False:
+        return bool(label)
+    text = str(label).strip().lower()
+    if text in _UNSAFE:
+        return True
+    if text in _SAFE:
+        return False
+    raise ValueError(f"Example {index} has label {label!r}: use 'unsafe'/'harmful'/1/True or 'safe'/'benign'/0/False.")
+
+
+def _examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
+    """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label.
+
+    ``labels=False`` reads no labels (is_unsafe all False), for unlabelled or utility data.
+    """
     ims, qs, ys = [], [], []
     for it in items:
         if isinstance(it, (tuple, list)):
             im, q, lab = it
         else:
             im = it.load_image() if hasattr(it, "load_image") else it.image
-            q, lab = getattr(it, "text", None) or it.question, it.label
+            q, lab = getattr(it, "text", None) or it.question, getattr(it, "label", None)
         ims.append(im)
         qs.append(q)
-        ys.append(lab is True or str(lab).lower() in ("unsafe", "harmful", "1", "true"))
+        ys.append(_is_unsafe(lab, len(ys)) if labels else False)
     return ims, qs, ys
 
 

@@ -1,0 +1,53 @@
+"""Real-checkpoint hazards: generation_config processors, tokenizers without pad token, bad labels, device args."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import moras_interp as mi
+from moras_interp.models.tiny import build_tiny
+from moras_interp.moras.pipeline import _examples
+
+
+def test_greedy_ignores_a_checkpoints_repetition_penalty() -> None:
+    hf, proc = build_tiny("llava")
+    model = mi.load_model(hf, processor=proc)
+    batch = model.prepare([None], ["a b c"])
+    hf.generation_config.repetition_penalty = 5.0  # as some checkpoints ship
+    ours = model.generate(batch, max_new_tokens=12).new_tokens
+    ids = batch.inputs["input_ids"]
+    with torch.no_grad():  # reference: plain argmax decoding without cache
+        for _ in range(12):
+            nxt = hf(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+    ref = ids[:, batch.inputs["input_ids"].shape[1]:]
+    n = ours.shape[1]
+    assert torch.equal(ours, ref[:, :n])
+
+
+def test_tokenizer_without_pad_token_pads_with_eos() -> None:
+    hf, proc = build_tiny("llava")
+    model = mi.load_model(hf, processor=proc)
+    proc.tokenizer.pad_token = None
+    batch = model.prepare([None, None], ["a", "a b c d e"])
+    assert proc.tokenizer.pad_token == proc.tokenizer.eos_token
+    assert batch.inputs["attention_mask"][0, 0] == 0 and bool(batch.inputs["attention_mask"][:, -1].all())
+
+
+def test_unrecognised_labels_are_an_error_not_safe() -> None:
+    assert _examples([(None, "q", "Unsafe "), (None, "q", "benign")])[2] == [True, False]
+    with pytest.raises(ValueError, match="label 'malicious'"):
+        _examples([(None, "q", "malicious")])
+
+
+def test_device_and_device_map_together_are_refused(tmp_path: Path) -> None:
+    hf, proc = build_tiny("llava")
+    hf.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="either device"):
+        mi.load_model(str(tmp_path), device="cpu", device_map="auto")
+    m = mi.load_model(str(tmp_path), device="cpu", dtype="bfloat16")  # loaded straight onto the device
+    assert m.dtype == torch.bfloat16 and m.device.type == "cpu"
