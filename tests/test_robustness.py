@@ -51,3 +51,20 @@ def test_device_and_device_map_together_are_refused(tmp_path: Path) -> None:
         mi.load_model(str(tmp_path), device="cpu", device_map="auto")
     m = mi.load_model(str(tmp_path), device="cpu", dtype="bfloat16")  # loaded straight onto the device
     assert m.dtype == torch.bfloat16 and m.device.type == "cpu"
+
+
+def test_prepare_moras_refuses_to_reuse_a_setup_built_differently(tmp_path: Path) -> None:
+    from moras_interp.moras import MoRASConfig, prepare_moras, toy_examples
+    from moras_interp.organisms import tasks
+
+    toy = mi.load_model("toy-llava")
+    calib = toy_examples(2, 2, split="calib")
+    prompts = tasks.toy_harmful_requests()[:8]
+    first = prepare_moras(toy, calibration=calib, out=tmp_path, harmful_prompts=prompts, progress=False)
+    again = prepare_moras(toy, calibration=calib, out=tmp_path, harmful_prompts=prompts, progress=False)
+    assert again.calibration.x0 == first.calibration.x0  # same spec: reused
+    with pytest.raises(ValueError, match="gamma"):
+        prepare_moras(toy, calibration=calib, out=tmp_path, harmful_prompts=prompts, progress=False,
+                      config=MoRASConfig(gamma=0.9))
+    with pytest.raises(ValueError, match="harmful_prompts"):
+        prepare_moras(toy, calibration=calib, out=tmp_path, harmful_prompts=prompts[:4], progress=False)

@@ -11,7 +11,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "toy-llava") -> No
     """Add ``--model``, ``--device``, ``--dtype`` and ``--attn`` to a sub-command parser."""
     p.add_argument("--model", default=default,
                    help="HF id, local path, shipped organism name (toy-llava) or tiny:<arch> (random weights)")
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the CPU)")
+    p.add_argument("--device-map", default=None, help="e.g. auto: shard over all GPUs with accelerate (not with --device)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     p.add_argument("--attn", default="eager", help="attention implementation (eager is needed for patterns)")
 
@@ -26,4 +27,5 @@ def model_from_args(args: argparse.Namespace) -> MLLM:
 
         hf, proc = build_tiny(name.split(":", 1)[1], attn_implementation=args.attn)
         return load_model(hf, processor=proc)
-    return load_model(name, device=args.device, dtype=args.dtype, attn_implementation=args.attn)
+    return load_model(name, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
+                      device_map=getattr(args, "device_map", None))

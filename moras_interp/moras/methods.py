@@ -7,6 +7,7 @@ run is resumed, so a resumed run scores with exactly the same (u_t, x0, k, fixed
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,23 @@ def choose_fixed_r(calibration: Calibration, scores: Sequence[float], labels: Se
     return r, "mean calibrated r of the unsafe calibration queries"
 
 
+def _provenance(model: MLLM, calibration: Any, harmful_prompts: Sequence[str] | None, fit: str,
+                fixed_r: float | str, cfg: MoRASConfig) -> dict[str, Any]:
+    """What the saved prototype and calibration depend on (compared before they are reused)."""
+    if isinstance(calibration, str):
+        cal = calibration
+    elif isinstance(calibration, Calibration):
+        cal = f"Calibration(x0={calibration.x0}, k={calibration.k})"
+    else:
+        items = list(calibration)
+        ids = [str(getattr(it, "id", None) or getattr(it, "text", None) or i) for i, it in enumerate(items)]
+        cal = f"{len(items)} labelled examples, sha1 " + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+    prompts = "default" if not harmful_prompts else \
+        "sha1 " + hashlib.sha1("\n".join(harmful_prompts).encode()).hexdigest()[:12]
+    return {"model": model.model_id, "n_tokens": cfg.n_tokens, "gamma": cfg.gamma, "calibration": cal, "fit": fit,
+            "fixed_r": str(fixed_r), "harmful_prompts": prompts}
+
+
 def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any], out: str | Path | None = None,
                   harmful_prompts: Sequence[str] | None = None, fit: str = "official", fixed_r: float | str = "auto",
                   config: MoRASConfig | None = None, batch_size: int = 8, progress: bool = True) -> MoRASSetup:
@@ -83,6 +101,18 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
     cfg = config or MoRASConfig()
     proto_p = Path(out) / "prototype.safetensors" if out is not None else None
     cal_p = Path(out) / "calibration.json" if out is not None else None
+    prov = _provenance(model, calibration, harmful_prompts, fit, fixed_r, cfg)
+    prov_p = Path(out) / "setup_provenance.json" if out is not None else None
+    if prov_p is not None and prov_p.exists():
+        old = json.loads(prov_p.read_text(encoding="utf-8"))
+        diff = [k for k in prov if k in old and old[k] != prov[k]]
+        if diff:
+            raise ValueError(f"{out} holds a prototype/calibration built differently ({', '.join(diff)} changed: "
+                             f"{', '.join(f'{old[k]!r} → {prov[k]!r}' for k in diff)}); reusing it would mix runs. "
+                             "Use another output folder or delete prototype.safetensors and calibration.json.")
+    elif prov_p is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        atomic_write_text(prov_p, json.dumps(prov, indent=1))
     if proto_p is not None and proto_p.exists():
         proto = UnsafePrototype.load(proto_p)
     else:
