@@ -81,8 +81,8 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
                 raise ImportError(
                     f"AutoProcessor.from_pretrained({model_id!r}) needs a package that is not installed: {e} "
                     "Qwen2-VL/Qwen2.5-VL and InternVL processors include a video processor that needs torchvision: "
-                    "`pip install torchvision` matching your torch (or `pip install moras-interp[vision]`), or pass "
-                    "processor=... yourself.") from e
+                    "the torchvision release built for your torch (torch 2.13 ↔ torchvision 0.28; an unpinned "
+                    "`pip install torchvision` may replace torch), or pass processor=... yourself.") from e
             if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
                 raise ValueError(
                     f"AutoProcessor.from_pretrained({model_id!r}) returned a {type(processor).__name__}, not a "
