@@ -68,3 +68,32 @@ def test_prepare_moras_refuses_to_reuse_a_setup_built_differently(tmp_path: Path
                       config=MoRASConfig(gamma=0.9))
     with pytest.raises(ValueError, match="harmful_prompts"):
         prepare_moras(toy, calibration=calib, out=tmp_path, harmful_prompts=prompts[:4], progress=False)
+
+
+def test_system_prompt_reaches_every_stage_and_must_match_the_prototype() -> None:
+    from moras_interp.moras import Calibration, MoRAS, MoRASConfig, UnsafePrototype
+    from moras_interp.moras.prompts import LLAVA_V1_SYSTEM
+
+    hf, proc = build_tiny("llava")
+    model = mi.load_model(hf, processor=proc)
+    proto = UnsafePrototype.build(model, ["a b", "c d e"], 3, progress=False, system=LLAVA_V1_SYSTEM)
+    with pytest.raises(ValueError, match="system prompt"):
+        MoRAS(model, proto, Calibration(0.5, 10.0))  # default config sends no system prompt
+    moras = MoRAS(model, proto, Calibration(0.5, 10.0), MoRASConfig(system=LLAVA_V1_SYSTEM))
+    from moras_interp.models.tiny import tiny_image
+
+    tr = moras.run([tiny_image()], ["what is this ?"], max_new_tokens=2, progress=False)[0]
+    ref = model.prepare([tiny_image()], ["what is this ?"], system=LLAVA_V1_SYSTEM).texts[0]
+    assert tr.prompts["answer"] == ref
+    for stage in ("context", "risk", "answer"):
+        assert tr.prompts[stage].startswith(LLAVA_V1_SYSTEM)  # the tiny LLaVA template renders it first
+
+
+def test_preset_calibration_on_another_model_warns() -> None:
+    from moras_interp.moras import UnsafePrototype, prepare_moras
+
+    hf, proc = build_tiny("qwen2_vl")
+    model = mi.load_model(hf, processor=proc)
+    proto = UnsafePrototype.build(model, ["a b"], 3, progress=False)
+    with pytest.warns(UserWarning, match="may not transfer"):
+        prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=proto.prompts, progress=False)

@@ -59,7 +59,8 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         for (pn, phooks), p in protos.items():
             if pn == n and set(hooks) <= set(phooks):
                 return p
-        p = UnsafePrototype.build(model, prototype.prompts or None, n, hooks=hooks, progress=progress)
+        p = UnsafePrototype.build(model, prototype.prompts or None, n, hooks=hooks, progress=progress,
+                                  system=prototype.provenance.get("system") or None)
         protos[(n, tuple(p.states))] = p
         return p
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         proto = UnsafePrototype.load(proto_p)
     else:
         proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
-                                      progress=progress)
+                                      progress=progress, system=cfg.system)
         if proto_p is not None:
             proto.save(proto_p)
     if cal_p is not None and cal_p.exists():
@@ -133,6 +134,10 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
             raise ValueError(f"Unknown calibration preset {calibration!r}; presets: {', '.join(PRESETS)} "
                              "(or pass labelled examples / a labelled file).")
         cal = Calibration.preset(calibration)
+        if calibration.rsplit("-", 1)[0].replace(".", "") not in model.model_id.lower().replace(".", "").replace("_", "-"):
+            warnings.warn(f"Calibration preset {calibration!r} was fitted by the authors on {calibration}; "
+                          f"{model.model_id!r} is another model, so (x0, k) may not transfer: fit it on labelled "
+                          "pairs instead.", stacklevel=2)
     else:
         m = MoRAS.calibrate(model, list(calibration), prototype=proto, method=fit, batch_size=batch_size,
                             progress=progress, **{k: v for k, v in vars(cfg).items()})

@@ -38,6 +38,8 @@ class MoRASConfig:
         keep_attention: also record the exact cross-modal attention of the stage-2 last token, for the
             reformulated prompt and for the "plain" one (safety prompt + question, no context), in
             ``trace.attention`` = {"reformulated": CrossModalAttention, "plain": ..., "index": row of this query}.
+        system: system prompt sent in every stage (the prototype must be built with the same); the authors'
+            LLaVA-1.5 code uses ``prompts.LLAVA_V1_SYSTEM`` (its vicuna_v1 conversation), llava-hf's template none.
         attention_edits: ``moras_interp.attention.interventions`` edits applied in ``attention_edit_stages``
             ("context", "risk", "answer") — the official code's attention ablations.
     """
@@ -58,6 +60,7 @@ class MoRASConfig:
     attention_edits: list[Any] = field(default_factory=list)
     attention_edit_stages: tuple[str, ...] = ("answer",)
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
 
     def check(self) -> None:
         """Raises ``ValueError`` naming the bad option."""
@@ -135,6 +138,10 @@ class MoRAS:
             setattr(self.config, k, v)
         self.config.check()
         prototype.check(model)
+        built = prototype.provenance.get("system")
+        if built is not None and (built or None) != self.config.system:
+            raise ValueError(f"The prototype was built with system prompt {built!r} but this MoRAS sends "
+                             f"{self.config.system!r}: build both with the same (UnsafePrototype.build(..., system=)).")
         if prototype.n_tokens != self.config.n_tokens:
             raise ValueError(f"The prototype has N={prototype.n_tokens} steps but n_tokens={self.config.n_tokens}: "
                              "rebuild it with UnsafePrototype.build(model, n_tokens=...).")
@@ -168,7 +175,7 @@ class MoRAS:
             raise ValueError(f"The calibration set needs both classes; got {sum(ys)} unsafe and "
                              f"{len(ys) - sum(ys)} safe examples (labels 'unsafe'/'safe').")
         proto = prototype or UnsafePrototype.build(model, list(harmful_text) if harmful_text else None,
-                                                   cfg.n_tokens, progress=progress)
+                                                   cfg.n_tokens, progress=progress, system=cfg.system)
         m = cls(model, proto, Calibration(0.0, 1.0), cfg)
         traces = m.assess(ims, qs, batch_size=batch_size, progress=progress)
         m.calibration = Calibration.fit([t.similarity for t in traces], ys, method=method)
@@ -192,7 +199,7 @@ class MoRAS:
 
     def _stage1(self, traces: list[MoRASTrace], images: list[Any]) -> None:
         cfg, t0 = self.config, time.perf_counter()
-        batch = self.model.prepare(images, [cfg.context_prompt] * len(traces))
+        batch = self.model.prepare(images, [cfg.context_prompt] * len(traces), system=cfg.system)
         with self._edits("context", batch):
             gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
@@ -206,7 +213,8 @@ class MoRAS:
         cfg, t0 = self.config, time.perf_counter()
         for tr in traces:
             tr.reformulated = reformulate(tr.visual_context or "", tr.question) if cfg.use_context else tr.question
-        batch = self.model.prepare(images, [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces])
+        batch = self.model.prepare(images, [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces],
+                                   system=cfg.system)
         with self._edits("risk", batch):
             gen, st = generate_with_states(self.model, batch, cfg.n_tokens)
         h = st[FINAL]
@@ -236,7 +244,8 @@ class MoRAS:
 
         with self._edits("risk", batch):
             reformulated = cross_modal_attention(self.model, batch, query="last")
-        plain_batch = self.model.prepare(images, [safety_query(t.question, self.config.safety_prompt) for t in traces])
+        plain_batch = self.model.prepare(images, [safety_query(t.question, self.config.safety_prompt) for t in traces],
+                                         system=self.config.system)
         with self._edits("risk", plain_batch):
             plain = cross_modal_attention(self.model, plain_batch, query="last")
         for i, tr in enumerate(traces):
@@ -256,7 +265,7 @@ class MoRAS:
 
     def _stage3(self, traces: list[MoRASTrace], images: list[Any], r: torch.Tensor, max_new_tokens: int) -> None:
         t0 = time.perf_counter()
-        batch = self.model.prepare(images, [t.question for t in traces])
+        batch = self.model.prepare(images, [t.question for t in traces], system=self.config.system)
         norms: list[torch.Tensor] = []
         steer = interpolate_towards(self.model, self.targets, r, norms=norms) if bool((r != 0).any()) else nullcontext()
         with steer, self._edits("answer", batch):

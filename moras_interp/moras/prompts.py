@@ -37,3 +37,9 @@ def reformulate(context: str, question: str) -> str:
 def safety_query(reformulated: str, safety_prompt: str | None = SAFETY_PROMPT) -> str:
     """The stage-2 text: safety prompt + reformulated question (or the question alone when disabled)."""
     return reformulated if not safety_prompt else safety_prompt + reformulated
+
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+"""The system message of LLaVA-1.5's ``conv_vicuna_v1`` template, which the authors' code prepends to every prompt.
+Pass ``MoRASConfig(system=LLAVA_V1_SYSTEM)`` (and build the prototype with it) to match their prompts exactly on
+llava-hf checkpoints, whose chat template adds no system message by itself."""

@@ -75,7 +75,8 @@ class UnsafePrototype:
     @classmethod
     @torch.no_grad()
     def build(cls, model: MLLM, harmful_prompts: list[str] | None = None, n_tokens: int = 3, *,
-              batch_size: int = 16, hooks: tuple[str, ...] = (FINAL,), progress: bool = True) -> UnsafePrototype:
+              batch_size: int = 16, hooks: tuple[str, ...] = (FINAL,), progress: bool = True,
+              system: str | None = None) -> UnsafePrototype:
         """Text-only, chat template, greedy N tokens; u_t = mean over prompts of the last-position state.
 
         ``harmful_prompts=None`` uses :func:`default_harmful_prompts_for` (the toy list for the shipped organism,
@@ -89,14 +90,14 @@ class UnsafePrototype:
         toks: list[str] = []
         for i in tqdm(range(0, len(prompts), batch_size), desc="unsafe prototype", disable=not progress):
             chunk = prompts[i : i + batch_size]
-            batch = model.prepare(None, chunk)
+            batch = model.prepare(None, chunk, system=system)
             gen, st = generate_with_states(model, batch, n_tokens, hooks=hooks)
             for h in hooks:
                 sums[h] += st[h].double().sum(0)
             toks += model.tokenizer.batch_decode(gen.new_tokens[:, :n_tokens], skip_special_tokens=True)
         states = {h: (s / len(prompts)).float() for h, s in sums.items()}
         prov = {"model_id": model.model_id, "n_tokens": n_tokens, "n_prompts": len(prompts),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or ""}
         return cls(states, prompts, toks, prov)
 
     def check(self, model: MLLM) -> None:
