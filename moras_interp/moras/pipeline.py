@@ -221,7 +221,7 @@ class MoRAS:
         lm_head = self.model.adapter.module(self.model.adapter.lm_head)
         s = similarity(h, self.prototype.final, lm_head, cfg.gamma)
         with torch.no_grad():
-            probs = torch.softmax(lm_head(h.to(self.model.device, self.model.dtype)).float(), -1).cpu()
+            probs = torch.softmax(lm_head(h.to(lm_head.weight.device, lm_head.weight.dtype)).float(), -1).cpu()
         top = probs.topk(min(cfg.top_k, probs.shape[-1]), dim=-1)
         dt = (time.perf_counter() - t0) / len(traces)
         if cfg.keep_attention:
