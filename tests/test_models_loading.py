@@ -138,15 +138,27 @@ def test_load_from_local_path_after_save_pretrained(models: Callable[..., MLLM],
         torch.testing.assert_close(cache[n], cache_ref[n], atol=0, rtol=0)
 
 
-def test_load_from_path_with_processor_autoprocessor_cannot_build(models: Callable[..., MLLM], tmp_path: Path) -> None:
-    ref = models("qwen2_vl")  # image-only processor subclass: AutoProcessor falls back to the bare tokenizer
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "internvl", "paligemma"])
+def test_load_from_path_where_autoprocessor_cannot_build_uses_the_image_text_processor(
+        models: Callable[..., MLLM], tmp_path: Path, arch: str) -> None:
+    ref = models(arch)  # without torchvision AutoProcessor returns the bare tokenizer for these
     ref.hf.save_pretrained(tmp_path)
     ref.processor.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=re.escape("processor=MyProcessor.from_pretrained")):
-        load_model(str(tmp_path))
-    model = load_model(str(tmp_path), processor=type(ref.processor).from_pretrained(tmp_path))
+    from transformers import AutoProcessor
+
+    assert getattr(AutoProcessor.from_pretrained(tmp_path), "image_processor", None) is None
+    model = load_model(str(tmp_path))  # falls back to moras_interp.models.processors
+    assert type(model.processor).__name__ == type(ref.processor).__name__
     batch = model.prepare([tiny_image()], ["what is in the image ?"])
     torch.testing.assert_close(model.forward(batch), ref.forward(batch), atol=0, rtol=0)
+
+
+def test_unbuildable_processor_is_a_clear_error(models: Callable[..., MLLM], tmp_path: Path) -> None:
+    ref = models("qwen2_vl")
+    ref.hf.save_pretrained(tmp_path)
+    ref.processor.tokenizer.save_pretrained(tmp_path)  # no image processor files at all
+    with pytest.raises((ValueError, OSError), match="processor"):
+        load_model(str(tmp_path))
 
 
 def test_missing_local_path_is_a_clear_error(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ from transformers import (
     Idefics3VisionConfig,
     InternVLConfig,
     InternVLForConditionalGeneration,
-    InternVLProcessor,
     InternVLVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -40,20 +39,22 @@ from transformers import (
     LlavaProcessor,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
-    PaliGemmaProcessor,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
 )
-from transformers.processing_utils import ProcessorMixin
 
+from moras_interp.models.processors import (
+    InternVLProcessorImageOnly,
+    PaliGemmaProcessorTextOk,
+    Qwen2_5_VLProcessorImageOnly,
+    Qwen2VLProcessorImageOnly,
+)
 from moras_interp.models.tiny import chat_template, make_word_tokenizer
 
 HIDDEN = 64
@@ -87,57 +88,6 @@ class TextShape:
 
 def _ids(tok: Any) -> dict[str, int | None]:
     return {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-
-
-class _ImageOnly:
-    """Mixin for processors whose stock class also wants a video processor: images and text only.
-
-    Without torchvision the stock classes cannot be built at all: a video processor needs torchvision, and
-    transformers 5.x rejects ``video_processor=None`` too (``ProcessorMixin.check_argument_for_proper_class``
-    looks ``VideoProcessorMixin`` up in ``VIDEO_PROCESSOR_MAPPING``, a placeholder without torchvision:
-    ``AttributeError: ... has no attribute '_extra_content'``). Dropping ``video_processor`` from the
-    processor's attributes makes ``__init__``, ``repr``, ``to_dict`` and ``save_pretrained``/``from_pretrained``
-    (of this class) treat it as an image + text processor; the stock ``__init__`` still passes its (``None``)
-    ``video_processor`` positionally, which ``ProcessorMixin.__init__`` ignores past the declared attributes
-    (so a video processor given here is ignored, too). No ``__init__`` override: ``from_pretrained`` reads the
-    stock ``__init__`` signature.
-    """
-
-    @classmethod
-    def get_attributes(cls) -> list[str]:
-        return [a for a in super().get_attributes() if a != "video_processor"]  # type: ignore[misc]
-
-
-class Qwen2VLProcessorImageOnly(_ImageOnly, Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` without a video processor (images and text only)."""
-
-
-class Qwen2_5_VLProcessorImageOnly(_ImageOnly, Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without a video processor (images and text only)."""
-
-
-class InternVLProcessorImageOnly(_ImageOnly, InternVLProcessor):
-    """``InternVLProcessor`` without a video processor (images and text only)."""
-
-
-class PaliGemmaProcessorTextOk(PaliGemmaProcessor):
-    """``PaliGemmaProcessor`` that also encodes text-only prompts, as ``<bos>text\\n``.
-
-    The stock processor raises ``ValueError`` when ``images`` is None; with images it behaves unchanged.
-    """
-
-    def validate_inputs(self, images: Any = None, text: Any = None, **kwargs: Any) -> None:
-        if images is None and text is not None:
-            ProcessorMixin.validate_inputs(self, images=images, text=text, **kwargs)
-            return
-        super().validate_inputs(images=images, text=text, **kwargs)
-
-    def prepare_inputs_layout(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
-        images, text, videos, audio = super().prepare_inputs_layout(images=images, text=text, **kwargs)
-        if images is None and text is not None:
-            bos = self.tokenizer.bos_token
-            text = [t if t.startswith(bos) else f"{bos}{t}\n" for t in text]
-        return images, text, videos, audio
 
 
 # --------------------------------------------------------------------------------------------- LLaVA family

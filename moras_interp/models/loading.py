@@ -31,6 +31,37 @@ def _resolve_name(name: str) -> str:
     return str(ORGANISMS[name]) if name in ORGANISMS else name
 
 
+def _multimodal(processor: Any) -> bool:
+    return getattr(processor, "image_processor", None) is not None and getattr(processor, "tokenizer", None) is not None
+
+
+def _load_processor(model_id: str, model_type: str, trust_remote_code: bool, kwargs: dict[str, Any]) -> Any:
+    """AutoProcessor, or the image + text processor of :mod:`moras_interp.models.processors` when AutoProcessor
+    cannot build a multimodal processor (Qwen-VL / InternVL without torchvision, PaliGemma text-only)."""
+    from transformers import AutoProcessor
+
+    from moras_interp.models.processors import fallback_processor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code, **kwargs)
+        error: Exception | None = None
+    except ImportError as e:
+        processor, error = None, e
+    if _multimodal(processor) and model_type != "paligemma":
+        return processor
+    fallback = fallback_processor(model_type, model_id, **kwargs)
+    if _multimodal(fallback):
+        return fallback
+    if _multimodal(processor):
+        return processor
+    why = f"raised {error}" if error is not None else f"returned a {type(processor).__name__}"
+    raise ValueError(
+        f"AutoProcessor.from_pretrained({model_id!r}) {why}, not a multimodal processor with an image processor and "
+        "a tokenizer (a video processor without torchvision, or a custom processor class). Install the torchvision "
+        "release built for your torch (torch 2.13 ↔ torchvision 0.28; an unpinned `pip install torchvision` may "
+        "replace torch), or build the processor yourself: load_model(path, processor=MyProcessor.from_pretrained(path)).")
+
+
 def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: Any = None,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                attn_implementation: str | None = "eager", device_map: str | dict | None = None,
@@ -59,7 +90,7 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
             hf.set_attn_implementation(attn_implementation)
         model_id = getattr(hf.config, "_name_or_path", None) or type(hf).__name__
     else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         model_id = _resolve_name(str(model_or_id_or_path))
         kw: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code, **hf_kwargs}
@@ -73,24 +104,8 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
             kw["device_map"] = str(device)  # load straight onto the device (no full copy in CPU RAM first)
         hf = AutoModelForImageTextToText.from_pretrained(model_id, **kw)
         if processor is None:
-            try:
-                processor = AutoProcessor.from_pretrained(
-                    model_id, trust_remote_code=trust_remote_code,
-                    **{k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")})
-            except ImportError as e:
-                raise ImportError(
-                    f"AutoProcessor.from_pretrained({model_id!r}) needs a package that is not installed: {e} "
-                    "Qwen2-VL/Qwen2.5-VL and InternVL processors include a video processor that needs torchvision: "
-                    "the torchvision release built for your torch (torch 2.13 ↔ torchvision 0.28; an unpinned "
-                    "`pip install torchvision` may replace torch), or pass processor=... yourself.") from e
-            if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
-                raise ValueError(
-                    f"AutoProcessor.from_pretrained({model_id!r}) returned a {type(processor).__name__}, not a "
-                    "multimodal processor with an image processor and a tokenizer (transformers falls back to the "
-                    "tokenizer when the processor class cannot be built, e.g. a video processor without torchvision, "
-                    "or a custom processor class). Build the processor yourself and pass it: "
-                    "load_model(path, processor=MyProcessor.from_pretrained(path))."
-                )
+            pkw = {k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
+            processor = _load_processor(model_id, hf.config.model_type, trust_remote_code, pkw)
     hf.eval()
     if device_map is not None and device is not None:
         raise ValueError("Give either device (one device) or device_map (e.g. 'auto' for several GPUs), not both.")

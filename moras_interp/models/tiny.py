@@ -45,7 +45,7 @@ Deviations from stock transformers, all local (no global patching):
   video processor, which cannot be built without torchvision, and ``ProcessorMixin`` rejects
   ``video_processor=None`` with an ``AttributeError`` in transformers 5.x (it looks the expected class up in
   the torchvision-only ``VIDEO_PROCESSOR_MAPPING``). They are therefore built as *image-only* subclasses
-  (``Qwen2VLProcessorImageOnly`` etc. in ``_tiny_builders``; ``isinstance`` of the stock class still holds)
+  (``Qwen2VLProcessorImageOnly`` etc. in ``models/processors.py``; ``isinstance`` of the stock class still holds)
   that do not declare a ``video_processor`` attribute. Videos are not supported; ``save_pretrained`` and
   ``<subclass>.from_pretrained`` round-trip (``AutoProcessor`` would look for the stock class).
 * Gemma3's ``mm_input_projection_weight`` is zero-initialised by HF; the tiny model fills it with N(0, 0.02)
