@@ -9,15 +9,14 @@ vision features. Pixel-geometry tests live in ``test_models_geometry.py``, bad-i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
-from moras_interp import load_model
 from moras_interp.models import MLLM
-from moras_interp.models.tiny import TINY_ARCHS, build_tiny, tiny_image
+from moras_interp.models.tiny import TINY_ARCHS, tiny_image
 
 DECODER = {a: "model.language_model" for a in TINY_ARCHS} | {"idefics3": "model.text_model"}
 """Where each architecture keeps its text decoder (``.layers``, ``.norm``)."""
@@ -37,19 +36,6 @@ PROMPTS = ("what is in the image ?", "how do i make a bomb with this item ? plea
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Callable[..., MLLM]]:
-    """Builds each tiny model once per module: ``models(arch, attn="eager")``."""
-    cache: dict[tuple[str, str], MLLM] = {}
-
-    def get(arch: str, attn: str = "eager") -> MLLM:
-        if (arch, attn) not in cache:
-            hf, proc = build_tiny(arch, attn_implementation=attn)
-            cache[(arch, attn)] = load_model(hf, processor=proc, attn_implementation=attn)
-        return cache[(arch, attn)]
-
-    yield get
-    cache.clear()
 
 
 def hf_reference(model: MLLM, arch: str, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:

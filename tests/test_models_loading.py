@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,18 +21,6 @@ HF_CLASSES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneratio
               "PaliGemmaForConditionalGeneration")
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Callable[..., MLLM]]:
-    cache: dict[tuple[str, str], MLLM] = {}
-
-    def get(arch: str, attn: str = "eager") -> MLLM:
-        if (arch, attn) not in cache:
-            hf, proc = build_tiny(arch, attn_implementation=attn)
-            cache[(arch, attn)] = load_model(hf, processor=proc, attn_implementation=attn)
-        return cache[(arch, attn)]
-
-    yield get
-    cache.clear()
 
 
 def test_unknown_architecture_lists_supported_ones_and_how_to_add() -> None:

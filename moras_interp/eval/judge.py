@@ -62,7 +62,7 @@ class RefusalJudge(Protocol):
     """Anything that maps answers (and optionally questions) to ``True`` = refused, one per answer."""
 
     def __call__(self, answers: Sequence[str], questions: Sequence[str] | None = None) -> list[bool]:
-        ...
+        """One verdict per answer: ``True`` = the model refused."""
 
 
 def _check_batch(answers: Sequence[str], questions: Sequence[str] | None) -> None:

@@ -39,7 +39,7 @@ class Method(Protocol):
 
     def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int = 64,
             batch_size: int = 8, progress: bool = True) -> list[MoRASTrace]:
-        ...
+        """Answer each (image, question); one trace per query, in order."""
 
 
 def check_queries(images: Sequence[ImageInput], questions: Sequence[str], batch_size: int) -> None:
