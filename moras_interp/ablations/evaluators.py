@@ -28,7 +28,7 @@ import torch
 from moras_interp.attention.interventions import MaskTopImageTokens, attention_edits
 from moras_interp.attention.trace import cross_modal_attention
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
-from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _examples
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _is_unsafe, unpack_examples
 from moras_interp.moras.prompts import reformulate
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import Calibration
@@ -41,9 +41,16 @@ Evaluator = Callable[[dict[str, Any], Sequence[Any]], list[dict[str, Any]]]
 _SHORTHANDS = ("steer_layer", "mask_top_visual", "safety_prompt_on", "prompt_variant")
 
 
-def _label(it: Any) -> str:
+def _label(it: Any) -> str | None:
+    """"unsafe" / "safe" for safety labels (parsed as the pipeline does), None when unlabelled, and any other
+    label (e.g. a gold answer of a utility set) as given — never silently "safe"."""
     lab = it[2] if isinstance(it, (tuple, list)) else getattr(it, "label", None)
-    return "unsafe" if lab is True or str(lab).lower() in ("unsafe", "harmful", "1", "true") else "safe"
+    if lab is None:
+        return None
+    try:
+        return "unsafe" if _is_unsafe(lab, 0) else "safe"
+    except ValueError:
+        return str(lab)
 
 
 def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None, *,
@@ -78,7 +85,7 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         if setting.get("mask_top_visual"):
             cfg["attention_edits"] = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))]
             cfg["attention_edit_stages"] = ("answer",)
-        ims, qs, _ = _examples(dataset, labels=False)
+        ims, qs, _ = unpack_examples(dataset, labels=False)
         if setting.get("prompt_variant") is not None:
             if not prompt_variants or setting["prompt_variant"] not in prompt_variants:
                 raise KeyError(f"prompt_variant {setting['prompt_variant']!r} is not in the evaluator's "
@@ -109,7 +116,7 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
         unknown = [k for k in setting if k not in ("layer", "heads", "context", "mask_top_visual")]
         if unknown:
             raise KeyError(f"Unknown attention factor(s) {unknown}: use layer, heads, context, mask_top_visual.")
-        ims, qs, _ = _examples(dataset, labels=False)
+        ims, qs, _ = unpack_examples(dataset, labels=False)
         if setting.get("context"):
             if contexts is not None:
                 cache["ctx"] = list(contexts)
@@ -119,11 +126,11 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
                 cache["ctx"] = visual_contexts(model, ims, batch_size=batch_size)
             qs = [reformulate(c, q) for c, q in zip(cache["ctx"], qs)]
         layer, heads = setting.get("layer", "all"), setting.get("heads", "all")
+        edits = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))] \
+            if setting.get("mask_top_visual") else []
         rows: list[dict[str, Any]] = []
         for i in range(0, len(qs), batch_size):
             batch = model.prepare(ims[i : i + batch_size], qs[i : i + batch_size])
-            edits = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))] \
-                if setting.get("mask_top_visual") else []
             with attention_edits(model, edits, layouts=batch.layouts) if edits else nullcontext():
                 att = cross_modal_attention(model, batch, query="last",
                                             layers=None if layer == "all" else [int(layer)])

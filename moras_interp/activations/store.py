@@ -41,6 +41,7 @@ _TMP_PREFIX = ".tmp-"
 class StoreWarning(UserWarning):
     """A shard on disk failed verification and will be recomputed."""
 
+
 def dataset_fingerprint(items: Iterable[str | bytes]) -> str:
     """sha256 (hex) over already-serialised examples (e.g. prompt text, image bytes), order-sensitive.
 
@@ -107,8 +108,9 @@ class ActivationStore:
 
     ``manifest`` must give the identity fields ``IDENTITY_FIELDS`` (model_id, hooks, positions,
     dataset_fingerprint, dtype, shard_size); ``n_examples`` and ``arch`` are recommended, an optional
-    ``identity`` dict is compared like them, any other JSON-able keys are kept. Opening a root whose manifest has different identity fields raises; shards
-    whose sha256 no longer matches are dropped (with a ``StoreWarning``) and must be recomputed.
+    ``identity`` dict is compared like them, any other JSON-able keys are kept. Opening a root whose
+    manifest has different identity fields raises; shards whose sha256 no longer matches are dropped
+    (with a ``StoreWarning``) and must be recomputed.
     """
 
     def __init__(self, root: str | os.PathLike | None, manifest: dict[str, Any]) -> None:
@@ -269,7 +271,7 @@ class ActivationStore:
             self._memory[k] = data
         else:
             _atomic_write(self._shard_path(k), data)
-        self.manifest["shards"][str(k)] = {"sha256": sha, "n": len(next(iter(out.values()))), "meta": meta}
+        self.manifest["shards"][str(k)] = {"sha256": sha, "n": want, "meta": meta}
         self._write_manifest()
         return sha
 

@@ -20,12 +20,6 @@ HeadSpec = str | float | Sequence[int] | Sequence[tuple[int, int]] | None
 FIGURE_KINDS: tuple[str, ...] = ("heatmap", "layer_head_grid", "small_multiples")
 
 
-def _figure_kind(kind: str) -> str:
-    if kind not in FIGURE_KINDS:
-        raise ValueError(f"kind={kind!r}: use one of {', '.join(FIGURE_KINDS)}.")
-    return kind
-
-
 @dataclass
 class RegionShare:
     """Share of image attention on a region.
@@ -78,16 +72,17 @@ class CrossModalAttention:
             raise ValueError(f"Example {example} has no image.")
         return torch.cat([im.grid_positions() if grid_only else im.positions for im in ims])
 
+    def _valid_rows(self, example: int) -> torch.Tensor:
+        """[L, H, r_valid, keys]: the attention rows of ``example``, padding query rows dropped."""
+        return self.rows[example][:, :, self.query_valid[example]]
+
     def image_attention(self, example: int, image: int | None = None) -> torch.Tensor:
         """[L, H, r_valid, V]: attention on each image token (grid order), valid query rows only."""
-        cols = self.image_columns(example, image)
-        r = self.rows[example][:, :, self.query_valid[example]]
-        return r[..., cols]
+        return self._valid_rows(example)[..., self.image_columns(example, image)]
 
     def image_mass(self, example: int) -> torch.Tensor:
         """[L, H]: attention mass on all image tokens (separators included), mean over query rows."""
-        cols = self.layouts[example].image_positions
-        return self.rows[example][:, :, self.query_valid[example]][..., cols].sum(-1).mean(-1)
+        return self._valid_rows(example)[..., self.layouts[example].image_positions].sum(-1).mean(-1)
 
     def text_mass(self, example: int) -> torch.Tensor:
         """[L, H]: attention mass on non-image keys, mean over query rows."""
@@ -172,7 +167,7 @@ class CrossModalAttention:
         im = self.layouts[example].images[image]
         boxes = im.grid_boxes().to(torch.float64)
         shown = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).to(torch.float64)
-        frac = overlap_fraction(im.grid_boxes(), im.image_size, box=box, mask=mask).to(torch.float64)
+        frac = overlap_fraction(boxes, im.image_size, box=box, mask=mask).to(torch.float64)
         att = self.image_attention(example, image).mean(2).to(torch.float64)  # [L, H, V]
 
         def share(a: torch.Tensor) -> torch.Tensor:
@@ -229,17 +224,22 @@ class CrossModalAttention:
 
         return plots.difference(self, other, example, **kwargs)
 
+    def _figure(self, kind: str, example: int, **kwargs: Any) -> Any:
+        if kind not in FIGURE_KINDS:
+            raise ValueError(f"kind={kind!r}: use one of {', '.join(FIGURE_KINDS)}.")
+        return getattr(self, kind)(example, **kwargs)
+
     def save_png(self, path: str | Path, example: int = 0, kind: str = "heatmap", **kwargs: Any) -> Path:
         """Write figure ``kind`` ("heatmap", "layer_head_grid", "small_multiples") as PNG."""
         from moras_interp.viz import save_png
 
-        return save_png(getattr(self, _figure_kind(kind))(example, **kwargs), path)
+        return save_png(self._figure(kind, example, **kwargs), path)
 
     def save_html(self, path: str | Path, example: int = 0, kind: str = "heatmap", **kwargs: Any) -> Path:
         """Write figure ``kind`` as a standalone HTML file (plotly.js inlined, works offline)."""
         from moras_interp.viz import save_html
 
-        return save_html(getattr(self, _figure_kind(kind))(example, **kwargs), path)
+        return save_html(self._figure(kind, example, **kwargs), path)
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:

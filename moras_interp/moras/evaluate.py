@@ -148,15 +148,15 @@ def evaluate(examples: Sequence[Example], methods: Mapping[str, Method], out: st
     todo = {name: [ex for ex in examples if (name, ex.id) not in done] for name in methods}
     total = sum(len(v) for v in todo.values())
     if run_info is not None:
-        prev_p = out / "run.json"
-        if prev_p.exists() and done:
-            prev = json.loads(prev_p.read_text(encoding="utf-8"))
+        run_p = out / "run.json"
+        if run_p.exists() and done:
+            prev = json.loads(run_p.read_text(encoding="utf-8"))
             diff = [k for k in ("model", "data", "format", "max_new_tokens", "n_tokens", "gamma", "judge")
                     if k in prev and k in run_info and prev[k] != run_info[k]]
             if diff:
                 raise ValueError(f"{out} holds results of a different run ({', '.join(f'{k}: {prev[k]!r} ≠ {run_info[k]!r}' for k in diff)}); "
                                  "resuming would mix them. Use another --out folder or delete this one.")
-        atomic_write_text(out / "run.json", json.dumps(run_info, indent=1, default=str))
+        atomic_write_text(run_p, json.dumps(run_info, indent=1, default=str))
     n_done = len(examples) * len(methods) - total
     bar = tqdm(total=total, desc="evaluate", disable=not progress)
     if n_done and progress:

@@ -100,10 +100,10 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         config: MoRAS options (N, γ, prompts) used for calibration.
     """
     cfg = config or MoRASConfig()
-    proto_p = Path(out) / "prototype.safetensors" if out is not None else None
-    cal_p = Path(out) / "calibration.json" if out is not None else None
+    folder = Path(out) if out is not None else None
+    proto_p, cal_p, prov_p = (None, None, None) if folder is None else \
+        (folder / "prototype.safetensors", folder / "calibration.json", folder / "setup_provenance.json")
     prov = _provenance(model, calibration, harmful_prompts, fit, fixed_r, cfg)
-    prov_p = Path(out) / "setup_provenance.json" if out is not None else None
     if prov_p is not None and prov_p.exists():
         old = json.loads(prov_p.read_text(encoding="utf-8"))
         diff = [k for k in prov if k in old and old[k] != prov[k]]
@@ -111,8 +111,8 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
             raise ValueError(f"{out} holds a prototype/calibration built differently ({', '.join(diff)} changed: "
                              f"{', '.join(f'{old[k]!r} → {prov[k]!r}' for k in diff)}); reusing it would mix runs. "
                              "Use another output folder or delete prototype.safetensors and calibration.json.")
-    elif prov_p is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+    elif folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(prov_p, json.dumps(prov, indent=1))
     if proto_p is not None and proto_p.exists():
         proto = UnsafePrototype.load(proto_p)
@@ -140,7 +140,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
                           "pairs instead.", stacklevel=2)
     else:
         m = MoRAS.calibrate(model, list(calibration), prototype=proto, method=fit, batch_size=batch_size,
-                            progress=progress, **{k: v for k, v in vars(cfg).items()})
+                            progress=progress, **vars(cfg))
         assert m.calibration is not None
         cal = m.calibration
         scores = [float(t.similarity or 0.0) for t in m.calibration_traces]

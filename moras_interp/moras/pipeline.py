@@ -95,7 +95,7 @@ def _is_unsafe(label: Any, index: int) -> bool:
     raise ValueError(f"Example {index} has label {label!r}: use 'unsafe'/'harmful'/1/True or 'safe'/'benign'/0/False.")
 
 
-def _examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
+def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
     """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label.
 
     ``labels=False`` reads no labels (is_unsafe all False), for unlabelled or utility data.
@@ -111,6 +111,9 @@ def _examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], 
         qs.append(q)
         ys.append(_is_unsafe(lab, len(ys)) if labels else False)
     return ims, qs, ys
+
+
+_examples = unpack_examples  # the old private name, still imported by tests
 
 
 def _n_new(new_tokens: torch.Tensor, tokenizer: Any) -> int:
@@ -168,7 +171,7 @@ class MoRAS:
         if unknown:
             raise TypeError(f"Unknown MoRAS option(s) {unknown}; see MoRASConfig.")
         cfg = MoRASConfig(**overrides)
-        ims, qs, ys = _examples(calibration)
+        ims, qs, ys = unpack_examples(calibration)
         if not qs:
             raise ValueError("Empty calibration set: give unsafe and safe (image, question, label) pairs.")
         if all(ys) or not any(ys):
@@ -239,6 +242,12 @@ class MoRAS:
                 tr.stage2_states = h[i].clone()
         return s
 
+    def _risk_stages(self, traces: list[MoRASTrace], images: list[Any]) -> torch.Tensor:
+        """Stage 1 (unless ``use_context`` is off) then stage 2; the similarities s."""
+        if self.config.use_context:
+            self._stage1(traces, images)
+        return self._stage2(traces, images)
+
     def _stage2_attention(self, traces: list[MoRASTrace], images: list[Any], batch: Any) -> None:
         from moras_interp.attention.trace import cross_modal_attention
 
@@ -294,9 +303,7 @@ class MoRAS:
         traces = self._new_traces(images, questions, "moras")
         for i in self._chunks(len(traces), batch_size, progress, "MoRAS risk"):
             tr, ims = traces[i : i + batch_size], list(images[i : i + batch_size])
-            if self.config.use_context:
-                self._stage1(tr, ims)
-            s = self._stage2(tr, ims)
+            s = self._risk_stages(tr, ims)
             if self.calibration is not None:
                 for t, r in zip(tr, self._strength(s, len(tr))):
                     t.risk = float(r)
@@ -309,10 +316,6 @@ class MoRAS:
         traces = self._new_traces(images, questions, method)
         for i in self._chunks(len(traces), batch_size, progress, "MoRAS"):
             tr, ims = traces[i : i + batch_size], list(images[i : i + batch_size])
-            s = None
-            if self.config.fixed_r is None:
-                if self.config.use_context:
-                    self._stage1(tr, ims)
-                s = self._stage2(tr, ims)
+            s = self._risk_stages(tr, ims) if self.config.fixed_r is None else None
             self._stage3(tr, ims, self._strength(s, len(tr)), max_new_tokens)
         return traces

@@ -48,9 +48,8 @@ def _image_trace(image: ImageLike) -> go.Image | None:
     if not isinstance(image, Image.Image):
         arr = np.asarray(image)  # [H, W, 3|4] uint8, or float in [0, 1]
         image = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype.kind == "f" else arr)
-    pil = image
     buf = io.BytesIO()
-    pil.convert("RGBA" if "A" in pil.getbands() else "RGB").save(buf, format="PNG")
+    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buf, format="PNG")
     uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     return go.Image(source=uri, x0=0.5, dx=1.0, y0=0.5, dy=1.0, hoverinfo="skip", name="image")
 
@@ -87,14 +86,19 @@ def _pixel_axes(fig: go.Figure, size: tuple[int, int], n: int = 1, ticks: bool =
     fig.layout["yaxis" + sx].update(range=[size[1], 0], scaleanchor="x" + sx, scaleratio=1, **common)
 
 
+def _outline(fig: go.Figure, x0: float, y0: float, x1: float, y1: float, xref: str = "x", yref: str = "y") -> None:
+    """An unfilled ``BOX_COLOR`` rectangle (risky regions, highlighted cells)."""
+    fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref=xref, yref=yref,
+                  line={"color": BOX_COLOR, "width": 2}, fillcolor="rgba(0,0,0,0)")
+
+
 def _add_boxes(fig: go.Figure, box: Box | Sequence[Box] | None, xref: str = "x", yref: str = "y") -> None:
     if box is None:
         return
     boxes = [box] if not isinstance(box[0], (tuple, list, np.ndarray, torch.Tensor)) else box
     for b in boxes:
         x0, y0, x1, y1 = (float(v) for v in b)
-        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref=xref, yref=yref,
-                      line={"color": BOX_COLOR, "width": 2}, fillcolor="rgba(0,0,0,0)")
+        _outline(fig, x0, y0, x1, y1, xref, yref)
 
 
 def _range(heats: Sequence[np.ndarray], zmin: float | None, zmax: float | None) -> tuple[float, float]:
@@ -108,6 +112,13 @@ def _range(heats: Sequence[np.ndarray], zmin: float | None, zmax: float | None) 
 def _panel_size(size: tuple[int, int], target: int) -> tuple[int, int]:
     s = target / max(size)
     return max(1, round(size[0] * s)), max(1, round(size[1] * s))
+
+
+def _finish(fig: go.Figure, title: str, width: int, height: int) -> go.Figure:
+    """The layout every figure shares: centred title, ``_MARGIN``, white background, the given size."""
+    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN, width=width,
+                      height=height, plot_bgcolor="white", paper_bgcolor="white")
+    return fig
 
 
 def heatmap_over_image(
@@ -143,10 +154,7 @@ def heatmap_over_image(
     _pixel_axes(fig, size)
     _add_boxes(fig, box)
     pw, ph = _panel_size(size, 520)
-    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
-                      width=pw + _MARGIN["l"] + _MARGIN["r"], height=ph + _MARGIN["t"] + _MARGIN["b"],
-                      plot_bgcolor="white", paper_bgcolor="white")
-    return fig
+    return _finish(fig, title, pw + _MARGIN["l"] + _MARGIN["r"], ph + _MARGIN["t"] + _MARGIN["b"])
 
 
 def difference_map(
@@ -199,16 +207,12 @@ def layer_head_grid(
     ))
     for layer, head in highlight or []:
         r, c = ly.index(int(layer)), hx.index(int(head))
-        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
-                      xref="x", yref="y", line={"color": BOX_COLOR, "width": 2}, fillcolor="rgba(0,0,0,0)")
+        _outline(fig, c - 0.5, r - 0.5, c + 0.5, r + 0.5)
     xt = {} if heads is None else {"tickvals": list(range(n_heads)), "ticktext": [str(v) for v in hx]}
     yt = {} if layers is None else {"tickvals": list(range(n_layers)), "ticktext": [str(v) for v in ly]}
     fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False, **xt)
     fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, **yt)
-    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
-                      width=max(420, 18 * n_heads + 260), height=max(320, 14 * n_layers + 160),
-                      plot_bgcolor="white", paper_bgcolor="white")
-    return fig
+    return _finish(fig, title, max(420, 18 * n_heads + 260), max(320, 14 * n_layers + 160))
 
 
 def small_multiples(
@@ -238,9 +242,9 @@ def small_multiples(
     rows = math.ceil(len(hs) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles),
                         horizontal_spacing=0.02, vertical_spacing=0.25 / rows)
+    img = _image_trace(image)  # encoded once; add_trace copies it into each panel
     for i, h in enumerate(hs):
         r, c = i // cols + 1, i % cols + 1
-        img = _image_trace(image)
         if img is not None:
             fig.add_trace(img, row=r, col=c)
         fig.add_trace(_heat_trace(h, size, colorscale=colorscale, opacity=opacity, zmin=lo, zmax=hi,
@@ -249,11 +253,8 @@ def small_multiples(
         suffix = "" if i == 0 else str(i + 1)
         _add_boxes(fig, box, xref="x" + suffix, yref="y" + suffix)
     pw, ph = _panel_size(size, panel_px)
-    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN,
-                      width=cols * (pw + 8) + _MARGIN["l"] + _MARGIN["r"],
-                      height=rows * (ph + 30) + _MARGIN["t"] + _MARGIN["b"],
-                      plot_bgcolor="white", paper_bgcolor="white")
-    return fig
+    return _finish(fig, title, cols * (pw + 8) + _MARGIN["l"] + _MARGIN["r"],
+                   rows * (ph + 30) + _MARGIN["t"] + _MARGIN["b"])
 
 
 def _ranges(xs: Sequence[int]) -> str:
@@ -282,25 +283,19 @@ def describe(
     ``"llava-hf/llava-1.5-7b-hf · layers 8–15 · 2 heads: L8H3, L9H1"``.
     """
     parts = [str(model_id)]
-    if layers is not None:
-        if isinstance(layers, str):
-            parts.append(f"layers {layers}")
-        elif isinstance(layers, int):
-            parts.append(f"layer {layers}")
+    for noun, value in (("layer", layers), ("head", heads)):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            parts.append(f"{noun}s {value}")
+        elif isinstance(value, int):
+            parts.append(f"{noun} {value}")
         else:
-            ls = list(layers)
-            parts.append(f"layer{'s' if len(ls) != 1 else ''} {_ranges(ls)}")
-    if heads is not None:
-        if isinstance(heads, str):
-            parts.append(f"heads {heads}")
-        elif isinstance(heads, int):
-            parts.append(f"head {heads}")
-        else:
-            hs = list(heads)
-            if hs and isinstance(hs[0], (tuple, list)):
-                named = ", ".join(f"L{int(lh[0])}H{int(lh[1])}" for lh in hs[:6])
-                parts.append(f"{len(hs)} head{'s' if len(hs) != 1 else ''}: {named}"
-                             + (", …" if len(hs) > 6 else ""))
+            vs = list(value)
+            plural = noun + ("s" if len(vs) != 1 else "")
+            if noun == "head" and vs and isinstance(vs[0], (tuple, list)):
+                named = ", ".join(f"L{int(lh[0])}H{int(lh[1])}" for lh in vs[:6])
+                parts.append(f"{len(vs)} {plural}: {named}" + (", …" if len(vs) > 6 else ""))
             else:
-                parts.append(f"head{'s' if len(hs) != 1 else ''} {_ranges(hs)}")
+                parts.append(f"{plural} {_ranges(vs)}")
     return " · ".join(parts)
