@@ -37,9 +37,9 @@ import torch
 
 from bench.common import Measurement, sync, write_results
 from bench.llava_shapes import FULL, MORAS_SCALED, MORAS_TINY, LlavaShape, build_llava, wrap
+from moras_interp.atomic import atomic_write_text
 from moras_interp.models.mllm import MLLM
 from moras_interp.moras import Calibration, MoRAS, UnsafePrototype
-from moras_interp.moras.evaluate import atomic_write_text
 from moras_interp.moras.prompts import CONTEXT_PROMPT, reformulate, safety_query
 from moras_interp.moras.risk import similarity
 from moras_interp.moras.states import FINAL, generate_with_states

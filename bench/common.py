@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from moras_interp.atomic import atomic_write_text
+
 
 @dataclass
 class Measurement:
@@ -111,8 +113,4 @@ def write_results(path: str | Path, payload: dict[str, Any]) -> None:
             return [conv(v) for v in x]
         return x
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(conv(payload), indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(conv(payload), indent=1))

@@ -9,7 +9,6 @@ runs them all (this is how ``figures/`` is regenerated).
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, ti
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    from moras_interp.atomic import atomic_write_text
+
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     if parameters:
@@ -46,9 +47,7 @@ def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, ti
         raise NotebookError(f"{path.name} failed: {str(e)[:4000]}") from e
     finally:
         if save_to is not None:
-            tmp = Path(str(save_to) + ".tmp")
-            nbformat.write(nb, tmp)
-            os.replace(tmp, save_to)
+            atomic_write_text(save_to, nbformat.writes(nb))
     return nb
 
 

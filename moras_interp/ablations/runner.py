@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from moras_interp.atomic import atomic_write_text
 
 Setting = dict[str, Any]
 Evaluator = Callable[[Setting, Sequence[Any]], list[dict[str, Any]]]
@@ -43,12 +44,7 @@ def setting_key(setting: Setting) -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, default=str))
 
 
 def run_grid(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequence[Any], *,

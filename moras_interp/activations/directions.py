@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from moras_interp.atomic import atomic_write_bytes
 
 DEFAULT_HOOK = "blocks.{l}.hook_resid_post"
 _META_KEY = "moras_interp.direction"
@@ -95,18 +96,7 @@ class Direction:
             text = json.dumps(meta, sort_keys=True)
         except TypeError as e:
             raise TypeError(f"Direction.provenance must be JSON-serialisable: {e}") from e
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"vectors": self.vectors}, tmp, metadata={_META_KEY: text})
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        return atomic_write_bytes(path, save({"vectors": self.vectors}, metadata={_META_KEY: text}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Direction:

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from moras_interp.atomic import atomic_write_bytes
 
 FORMAT = "moras_interp.activation_store/1"
 IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
@@ -71,17 +72,8 @@ def _jsonable(x: Any, what: str) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file in path's directory, fsync, then os.replace onto path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Atomic write whose temp file carries ``_TMP_PREFIX`` (stale ones are removed when a store opens)."""
+    atomic_write_bytes(path, data, prefix=_TMP_PREFIX + path.name + ".")
     with contextlib.suppress(OSError):           # make the rename itself durable (POSIX; best effort)
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

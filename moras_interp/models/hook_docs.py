@@ -10,10 +10,9 @@ measured by the load-time check), so the document cannot drift from the code::
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.models.hooks import HOOK_DOC
 
 INTRO = """# Hook names
@@ -79,10 +78,7 @@ def write(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = render()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from moras_interp.atomic import atomic_write_bytes, atomic_write_text
 from moras_interp.eval.datasets import Example
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
 from moras_interp.eval.metrics import contains_accuracy
@@ -30,16 +31,6 @@ from moras_interp.moras.baselines import Method
 from moras_interp.moras.examples import gold_answer, safety_label
 from moras_interp.moras.report import markdown_table, summary_table, write_figures
 from moras_interp.moras.trace import MoRASTrace
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
 
 
 class RecordStore:
@@ -55,9 +46,7 @@ class RecordStore:
         raw = self.path.read_bytes()
         if raw and not raw.endswith(b"\n"):
             raw = raw[: raw.rfind(b"\n") + 1]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_bytes(raw)
-            os.replace(tmp, self.path)
+            atomic_write_bytes(self.path, raw)
         out = []
         for line in raw.decode("utf-8").splitlines():
             if line.strip():

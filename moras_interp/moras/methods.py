@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.moras.baselines import ECSO, AdaShieldS, FixedSteering, Method, NoDefence
-from moras_interp.moras.evaluate import atomic_write_text
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prompts import CONTEXT_PROMPT, ECSO_CAPTION_PROMPT
 from moras_interp.moras.prototype import UnsafePrototype

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
+from moras_interp.atomic import atomic_write_bytes
 from moras_interp.moras.states import FINAL, generate_with_states
 
 if TYPE_CHECKING:
@@ -119,9 +120,7 @@ class UnsafePrototype:
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = {"prompts": json.dumps(self.prompts), "greedy_tokens": json.dumps(self.greedy_tokens),
                 "provenance": json.dumps(self.provenance)}
-        tmp = p.with_name(p.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.states.items()}, str(tmp), metadata=meta)
-        tmp.replace(p)
+        atomic_write_bytes(p, save({k: v.contiguous() for k, v in self.states.items()}, metadata=meta))
         return p
 
     @classmethod

@@ -7,8 +7,6 @@ of the same data (bars and histograms are outside the vocabulary of the viz PNG 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from moras_interp.atomic import atomic_write
 from moras_interp.eval.metrics import contains_accuracy, summarise
 from moras_interp.viz.export import save_html
 
@@ -84,16 +83,7 @@ def _save_png_atomic(path: Path, draw: Any) -> Path:
     FigureCanvasAgg(fig)
     draw(fig.add_subplot(1, 1, 1))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def write_figures(records: pd.DataFrame, table: pd.DataFrame, out: str | Path) -> dict[str, Path]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from moras_interp.atomic import atomic_write_bytes, atomic_write_text
 
 
 @dataclass
@@ -65,12 +66,8 @@ class MoRASTrace:
         p.parent.mkdir(parents=True, exist_ok=True)
         if self.stage2_states is not None:
             st = p.with_suffix(".safetensors")
-            tmp = st.with_name(st.name + ".tmp")
-            save_file({"stage2_states": self.stage2_states.contiguous()}, str(tmp))
-            os.replace(tmp, st)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-        os.replace(tmp, p)
+            atomic_write_bytes(st, save({"stage2_states": self.stage2_states.contiguous()}))
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=1))
         return p
 
     @classmethod

@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,31 +24,12 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from moras_interp.atomic import atomic_write
 from moras_interp.viz.mpl import figure_to_matplotlib
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-
-
-def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then atomically move it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0o22)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _as_figure(fig: go.Figure | dict) -> go.Figure:
@@ -67,8 +47,8 @@ def save_html(fig: go.Figure | dict, path: PathLike, *, include_plotlyjs: bool |
             from plotly.offline import get_plotlyjs
 
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(js, lambda fh: fh.write(get_plotlyjs().encode("utf-8")))
-    return _atomic_write(path, lambda fh: fh.write(html.encode("utf-8")))
+            atomic_write(js, lambda fh: fh.write(get_plotlyjs().encode("utf-8")))
+    return atomic_write(path, lambda fh: fh.write(html.encode("utf-8")))
 
 
 def kaleido_available() -> bool:
@@ -110,13 +90,13 @@ def save_png(
     if engine == "kaleido" or (engine == "auto" and kaleido_available()):
         try:
             png = f.to_image(format="png", width=w, height=h, scale=scale)
-            return _atomic_write(path, lambda fh: fh.write(png))
+            return atomic_write(path, lambda fh: fh.write(png))
         except Exception as exc:
             if engine == "kaleido":
                 raise
             log.warning("kaleido PNG export failed (%s); falling back to matplotlib", exc)
     mfig = figure_to_matplotlib(f, width=w, height=h, scale=scale)
-    return _atomic_write(path, lambda fh: mfig.savefig(fh, format="png", dpi=100 * scale))
+    return atomic_write(path, lambda fh: mfig.savefig(fh, format="png", dpi=100 * scale))
 
 
 def _to_numpy(name: str, a: Any) -> np.ndarray:
@@ -170,8 +150,8 @@ def save_npz(
     """
     data = {str(k): _to_numpy(str(k), v) for k, v in arrays.items()}
     text = json.dumps(dict(meta or {}), default=_json_default, indent=2, sort_keys=True)
-    out = _atomic_write(path, lambda fh: _write_npz(fh, data, compress))
-    _atomic_write(sidecar_path(path), lambda fh: fh.write(text.encode("utf-8")))
+    out = atomic_write(path, lambda fh: _write_npz(fh, data, compress))
+    atomic_write(sidecar_path(path), lambda fh: fh.write(text.encode("utf-8")))
     return out
 
 
