@@ -65,7 +65,7 @@ JAILBREAK_KEYWORDS: tuple[str, ...] = (
 _APOSTROPHES = re.compile(r"[\u2018\u2019\u02bc\u2032`´]")
 _CONTRACTION = re.compile(r"(?<=[a-z])\s*'\s*(?=(?:s|m|t|d|re|ve|ll)\b)")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<![0-9]\.)\s+|\s*\n\s*")
 
 
 def normalise_text(text: str) -> str:
@@ -81,8 +81,9 @@ def normalise_text(text: str) -> str:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Non-empty sentences of ``text``: split after ``.``, ``!``, ``?`` followed by whitespace, and at line breaks.
+    """Non-empty sentences of ``text``: split at line breaks and after ``.``/``!``/``?`` + whitespace.
 
+    A full stop right after a digit (list numbers such as ``"1. "``) does not end a sentence:
     ``"No. I won't!\\n\\n1. Step"`` → ``["No.", "I won't!", "1. Step"]``. A rough splitter on purpose: it
     only decides where the judge looks for refusal openers.
     """
