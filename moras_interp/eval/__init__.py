@@ -10,7 +10,16 @@ from moras_interp.eval.datasets import (
     load_mm_safetybench,
     load_xstest,
 )
-from moras_interp.eval.judge import AnyJudge, CallableJudge, KeywordJudge, RefusalJudge, normalise_text
+from moras_interp.eval.judge import (
+    JUDGES,
+    AnyJudge,
+    CallableJudge,
+    KeywordJudge,
+    RefusalJudge,
+    XSTestJudge,
+    make_judge,
+    normalise_text,
+)
 from moras_interp.eval.metrics import (
     attack_success_rate,
     contains_accuracy,
@@ -20,10 +29,11 @@ from moras_interp.eval.metrics import (
     risk_auroc,
     summarise,
 )
+from moras_interp.eval.model_judge import ModelJudge
 from moras_interp.eval.typographic import figstep_text, load_font, text_box, typographic_image
 
-__all__ = ["FIGSTEP_PROMPT", "AnyJudge", "CallableJudge", "DatasetFormatError", "Example", "KeywordJudge",
-           "RefusalJudge", "attack_success_rate", "contains_accuracy", "exact_match_accuracy", "figstep_text",
-           "latency_summary", "load_csv", "load_figstep", "load_font", "load_jsonl", "load_mm_safetybench",
-           "load_xstest", "normalise_text", "over_refusal_rate", "risk_auroc", "summarise", "text_box",
-           "typographic_image"]
+__all__ = ["FIGSTEP_PROMPT", "JUDGES", "AnyJudge", "CallableJudge", "DatasetFormatError", "Example", "KeywordJudge",
+           "ModelJudge", "RefusalJudge", "XSTestJudge", "attack_success_rate", "contains_accuracy",
+           "exact_match_accuracy", "figstep_text", "latency_summary", "load_csv", "load_figstep", "load_font",
+           "load_jsonl", "load_mm_safetybench", "load_xstest", "make_judge", "normalise_text", "over_refusal_rate",
+           "risk_auroc", "summarise", "text_box", "typographic_image"]
