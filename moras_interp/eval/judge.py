@@ -3,6 +3,11 @@
 Every judge maps a batch of answers (and optionally the questions that produced them) to one bool per
 answer, ``True`` meaning *the model refused*. Metrics in :mod:`moras_interp.eval.metrics` consume those
 bools (attack success rate on harmful inputs, over-refusal on benign ones).
+
+The default :class:`KeywordJudge` looks for refusal openers at the start of an answer's first two sentences;
+:class:`XSTestJudge` is XSTest's own matcher; both, and the jailbreak literature's keyword lists, are scored
+against XSTest's 2,250 human labels in docs/judges.md (:mod:`moras_interp.eval.judge_agreement`). A model as
+the judge: :class:`moras_interp.eval.model_judge.ModelJudge`.
 """
 
 from __future__ import annotations
