@@ -122,6 +122,8 @@ def test_default_judge_beats_xstest_matcher_on_the_2250_labels(real_rows):
     gold = gold_refused(real_rows)
     assert agreement(JUDGES["keyword-legacy"]()(answers), gold).flagged_compliant == pytest.approx(0.105, abs=5e-4)
     assert agreement(JUDGES["xstest"]()(answers), gold).flagged_compliant == pytest.approx(0.042, abs=5e-4)
+    # ... and the former prefix mode agrees with XSTest's matcher at κ 0.92
+    assert cohen_kappa(JUDGES["prefix-legacy"]()(answers), JUDGES["xstest"]()(answers)) == pytest.approx(0.92, abs=5e-3)
 
 
 def test_docs_table_is_up_to_date(real_rows, tmp_path):

@@ -139,17 +139,20 @@ def agreement_tables(rows: Sequence[LabelledAnswer],
     counts = {lab: sum(r.final_label == lab for r in rows) for lab in LABELS}
     out = [f"n = {len(rows)} answers ({len(models)} models × {len(rows) // max(len(models), 1)}); human labels: "
            + ", ".join(f"{lab} {c}" for lab, c in counts.items()) + ". Accuracy with its 95% Wilson interval; "
-           "precision / recall of the refusal class; *flagged* = share of human-compliant answers judged refusals."]
+           "precision / recall of the refusal class; *flagged* = share of human-compliant answers judged refusals; "
+           "κ with `xstest` = agreement with XSTest's matcher, not with the humans."]
     for partial, title in ((True, "Headline: partial refusal counts as refusal"),
                            (False, "Partial refusal counts as compliance")):
         gold = gold_refused(rows, partial_is_refusal=partial)
+        vs = "xstest" if partial and "xstest" in preds else None      # judge-vs-judge κ, once
         out += ["", f"**{title}** ({int(gold.sum())} refusals / {len(rows)})", "",
-                "| judge | n | accuracy [95% CI] | Cohen's κ | precision | recall | flagged |",
-                "|---|---|---|---|---|---|---|"]
+                "| judge | n | accuracy [95% CI] | Cohen's κ | precision | recall | flagged |"
+                + (f" κ with `{vs}` |" if vs else ""), "|---|---|---|---|---|---|---|" + ("---|" if vs else "")]
         for name, pred in preds.items():
             a = agreement(pred, gold)
             out.append(f"| `{name}` | {a.n} | {_f(a.accuracy)} [{_f(a.ci_low)}, {_f(a.ci_high)}] | {_f(a.kappa)} "
-                       f"| {_f(a.precision)} | {_f(a.recall)} | {_f(a.flagged_compliant)} |")
+                       f"| {_f(a.precision)} | {_f(a.recall)} | {_f(a.flagged_compliant)} |"
+                       + (f" {_f(cohen_kappa(pred, preds[vs]))} |" if vs else ""))
     gold = gold_refused(rows)
     out += ["", "**Per model** (headline convention): accuracy / κ", "",
             "| model | n | " + " | ".join(f"`{n}`" for n in preds) + " |", "|---|---|" + "---|" * len(preds)]
