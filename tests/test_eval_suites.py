@@ -15,7 +15,12 @@ from PIL import Image
 
 from moras_interp.cli import main
 from moras_interp.eval.datasets import FIGSTEP_PROMPT, DatasetFormatError, load_csv, load_figstep, load_xstest
-from moras_interp.eval.safety_sets import MMSB_SCENARIOS, load_mm_safetybench_all, vlsafe_calibration, vlsafe_indices
+from moras_interp.eval.safety_sets import (
+    MMSB_SCENARIOS,
+    load_mm_safetybench_all,
+    vlsafe_calibration,
+    vlsafe_indices,
+)
 from moras_interp.eval.suites import SUITES, load_suite
 from moras_interp.eval.utility import scienceqa_accuracy
 
@@ -190,10 +195,10 @@ def test_vlsafe_errors(tmp_path):
     _vlsafe(tmp_path / "b")
     f = tmp_path / "b" / "train" / "vlsafe_convert_safe.jsonl"
     lines = f.read_text().splitlines()
-    f.write_text("\n".join(lines[:10] + [""] + lines[10:]) + "\n")
+    f.write_text("\n".join([*lines[:10], "", *lines[10:]]) + "\n")
     with pytest.raises(DatasetFormatError, match=r"vlsafe_convert_safe.jsonl:11: invalid JSON"):
         load_suite("vlsafe-calib", tmp_path / "b", image_root=tmp_path, check_images=False)
-    f.write_text("\n".join([json.dumps({"safe_query": "q"})] + lines[1:]) + "\n")
+    f.write_text("\n".join([json.dumps({"safe_query": "q"}), *lines[1:]]) + "\n")
     with pytest.raises(DatasetFormatError, match=r"jsonl:1: needs 'query' \(or 'safe_query'\) and 'image_id'"):
         load_suite("vlsafe-calib", tmp_path / "b", image_root=tmp_path, check_images=False)
     (tmp_path / "a" / "train" / "vlsafe_convert_safe.jsonl").unlink()
