@@ -242,6 +242,9 @@ def _suite_files(root: Path) -> None:
     (sq / "pid_splits.json").write_text(json.dumps({"test": ["0", "1", "2"]}))
     for p in range(3):
         _png(sq / "images" / "test" / str(p) / "image.png")
+    (root / "mine.jsonl").write_text(json.dumps({"text": "what is the item ?", "image": "a.png", "label": "safe",
+                                                 "answer": "cup"}) + "\n" + json.dumps({"text": "hi", "label": "unsafe"}))
+    _png(root / "imgs" / "a.png")
 
 
 def test_suite_cli_end_to_end_on_organism(tmp_path, capsys):
@@ -251,14 +254,17 @@ def test_suite_cli_end_to_end_on_organism(tmp_path, capsys):
     _suite_files(tmp_path)
     out = tmp_path / "out"
     argv = ["suite", f"figstep-tiny={tmp_path / 'FigStep'}", f"xstest={tmp_path / 'xstest'}",
-            f"scienceqa={tmp_path / 'sqa'}", "--model", "toy-llava", "--methods", "none", "--limit", "4",
+            f"scienceqa={tmp_path / 'sqa'}", f"mine={tmp_path / 'mine.jsonl'}", "--image-root",
+            f"mine={tmp_path / 'imgs'}", "--model", "toy-llava", "--methods", "none", "--limit", "4",
             "--max-new-tokens", "4", "--out", str(out), "--quiet", "--no-figures", "--batch-size", "4"]
     assert main(argv) == 0
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["suite"]) == ["figstep-tiny", "xstest", "scienceqa"] and set(summary["method"]) == {"none"}
-    for suite, n in (("figstep-tiny", 4), ("xstest", 2), ("scienceqa", 3)):
+    assert list(summary["suite"]) == ["figstep-tiny", "xstest", "scienceqa", "mine"]
+    assert set(summary["method"]) == {"none"} and list(summary["kind"]) == ["safety", "safety", "utility", "generic"]
+    for suite, n in (("figstep-tiny", 4), ("xstest", 2), ("scienceqa", 3), ("mine", 2)):
         recs = [json.loads(x) for x in (out / suite / "records.jsonl").read_text().splitlines()]
-        assert len(recs) == n and json.loads((out / suite / "run.json").read_text())["suite"] == suite
+        assert len(recs) == n
+        assert json.loads((out / suite / "run.json").read_text())["suite"] == ("jsonl" if suite == "mine" else suite)
         row = summary[summary["suite"] == suite].iloc[0]
         assert row["n"] == n
         refused = np.array([r["refused"] for r in recs])
@@ -272,11 +278,13 @@ def test_suite_cli_end_to_end_on_organism(tmp_path, capsys):
     assert summary.loc[summary["suite"] == "scienceqa", "official_accuracy"].item() == pytest.approx(acc)
     assert "official_accuracy" in summary and np.isnan(summary.loc[0, "official_accuracy"])
     text = capsys.readouterr().out
-    assert "| figstep-tiny | none |" in text and "3 suites × 1 methods" in text
-    assert (out / "summary.md").read_text().count("| none |") == 3
+    assert "| figstep-tiny | none |" in text and "4 suites × 1 methods" in text
+    assert (out / "summary.md").read_text().count("| none |") == 4
     stamp = (out / "xstest" / "records.jsonl").stat().st_mtime_ns
     assert main(argv) == 0  # resumed: nothing re-run
     assert (out / "xstest" / "records.jsonl").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="vlsafe-calib is a calibration set"):
         main(["suite", f"vlsafe-calib={tmp_path}", "--out", str(out)])
     assert main(["suite", "--out", str(out)]) == 2
+    with pytest.raises(ValueError, match=r"Unknown suite\(s\) \['mine'\].*LABEL=FILE.jsonl"):
+        main(["suite", f"mine={tmp_path / 'mine.txt'}", "--out", str(out)])

@@ -38,15 +38,27 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def _load(args: argparse.Namespace) -> dict[str, tuple[str, list[Any]]]:
-    """``{suite: (root, examples)}`` for every NAME=ROOT given (each file read and checked now)."""
+def _suite_of(name: str, root: str) -> str | None:
+    """The registered suite a NAME=ROOT pair means: NAME itself, or ``jsonl`` / ``csv`` for LABEL=FILE."""
+    from moras_interp.eval.suites import SUITES
+
+    if name in SUITES:
+        return name
+    ext = Path(root).suffix.lower().lstrip(".")
+    return ext if ext in ("jsonl", "csv") and name.replace("-", "").replace("_", "").isalnum() else None
+
+
+def _load(args: argparse.Namespace) -> dict[str, tuple[str, str, list[Any]]]:
+    """``{name: (root, suite, examples)}`` for every NAME=ROOT given (each file read and checked now)."""
     from moras_interp.eval.suites import SUITES, load_suite
 
     roots = _pairs(args.suites, "suite")
     images = _pairs(args.image_root or [], "--image-root")
-    unknown = [n for n in [*roots, *images] if n not in SUITES]
+    kinds = {n: _suite_of(n, r) for n, r in roots.items()}
+    unknown = [n for n in [*roots, *images] if kinds.get(n) is None]
     if unknown:
-        raise ValueError(f"Unknown suite(s) {unknown}; suites: {', '.join(SUITES)} (see --list).")
+        raise ValueError(f"Unknown suite(s) {unknown}; suites: {', '.join(SUITES)} (see --list), or "
+                         "LABEL=FILE.jsonl / LABEL=FILE.csv for your own file.")
     stray = [n for n in images if n not in roots]
     if stray:
         raise ValueError(f"--image-root given for {stray} but no such suite is being run.")
@@ -55,11 +67,11 @@ def _load(args: argparse.Namespace) -> dict[str, tuple[str, list[Any]]]:
         raise ValueError(f"--limit must be ≥ 1, got {args.limit}.")
     data = {}
     for name, root in roots.items():
-        if SUITES[name].kind == "calibration":
+        if SUITES[kinds[name]].kind == "calibration":
             raise ValueError(f"{name} is a calibration set: pass it as --calibration {name}={root}.")
-        exs = load_suite(name, root, image_root=images.get(name),
-                         image_types=types if name.startswith("mm-safetybench") else None)
-        data[name] = (root, exs[: args.limit] if args.limit is not None else exs)
+        exs = load_suite(kinds[name], root, image_root=images.get(name),
+                         image_types=types if kinds[name].startswith("mm-safetybench") else None)
+        data[name] = (root, kinds[name], exs[: args.limit] if args.limit is not None else exs)
     return data
 
 
@@ -121,19 +133,19 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     methods, judge, info = built
     tables = []
-    for name, (root, examples) in data.items():
+    for name, (root, suite, examples) in data.items():
         run_info = info | {"data": f"{name}={root}", "format": "suite",
-                           "suite": name, "image_types": args.image_types, "limit": args.limit,
+                           "suite": suite, "image_types": args.image_types, "limit": args.limit,
                            "calibration": args.calibration}
         res = evaluate(examples, methods, out / name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                        judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=run_info)
         table = res.summary.copy()
-        official = _official(name, examples, res.records, names, out / name)
+        official = _official(suite, examples, res.records, names, out / name)
         for m, scores in official.items():
             for k, v in scores.items():
                 table.loc[table["method"] == m, f"official_{k}"] = v
         table.insert(0, "suite", name)
-        table.insert(1, "kind", SUITES[name].kind)
+        table.insert(1, "kind", SUITES[suite].kind)
         tables.append(table)
     summary = pd.concat(tables, ignore_index=True)
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moras_interp.eval import utility as U
-from moras_interp.eval.datasets import Example, load_figstep, load_xstest
+from moras_interp.eval.datasets import Example, load_csv, load_figstep, load_jsonl, load_xstest
 from moras_interp.eval.safety_sets import load_mm_safetybench_all, mmsb_tiny_ids, vlsafe_calibration
 
 __all__ = ["SUITES", "Suite", "load_suite", "score_suite", "suite_table"]
@@ -133,6 +133,14 @@ def _mme(root: Path, image_root: Path | None, image_types: tuple[str | None, ...
     return U.load_mme(base, check_images=check)
 
 
+def _generic(fmt: str) -> Loader:
+    def load(root: Path, image_root: Path | None, image_types: tuple[str | None, ...] | None,
+             check: bool) -> list[Example]:
+        _no_types(fmt, image_types)
+        return (load_jsonl if fmt == "jsonl" else load_csv)(root, image_root, check_images=check)
+    return load
+
+
 def _mme_score(examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:
     t = U.mme_scores(examples, answers)
     return {f"score_{c}": float(s) for c, s in zip(t["category"], t["score"])}
@@ -182,6 +190,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "github.com/BradyFU/Awesome-Multimodal-Large-Language-Models (MME, on request)",
           "question (ends 'Please answer yes or no.') ↔ its image", "acc, acc+ per category; score = "
           "100(acc+acc+), Perception (max 2000) / Cognition (max 800)", _mme, _mme_score),
+    Suite("jsonl", "generic", "any", "ROOT is the .jsonl file itself (text|question|prompt, image, label, answer, "
+          "id)", "your own data", "text ↔ image (relative to image_root)", "ASR / over-refusal from label; "
+          "utility = answer contains the gold 'answer'", _generic("jsonl")),
+    Suite("csv", "generic", "any", "ROOT is the .csv file itself (same columns as jsonl)", "your own data",
+          "as jsonl", "as jsonl", _generic("csv")),
 )}
 
 
@@ -195,12 +208,15 @@ def load_suite(name: str, root: str | Path, *, image_root: str | Path | None = N
                image_types: Sequence[str | None] | None = None, check_images: bool = True) -> list[Example]:
     """The examples of suite ``name`` from the files under ``root`` (see :data:`SUITES` for the layout).
 
-    ``image_root`` overrides where the images are; ``image_types`` (mm-safetybench only) picks any of
+    ``root`` is the folder holding the suite's files (for the generic ``jsonl`` / ``csv`` suites, the file
+    itself). ``image_root`` overrides where the images are; ``image_types`` (mm-safetybench only) picks any of
     ``"SD"``, ``"TYPO"``, ``"SD_TYPO"`` (default) and ``None`` / ``"text"`` (text-only), all in one list.
     """
     s = _suite(name)
     base = Path(root).expanduser()
-    if not base.is_dir():
+    if s.kind == "generic" and not base.is_file():
+        raise FileNotFoundError(f"Suite {name!r}: data file not found: {base}")
+    if s.kind != "generic" and not base.is_dir():
         raise FileNotFoundError(f"Suite {name!r}: root folder not found: {base}")
     types = None if image_types is None else tuple(None if t in (None, "text", "none") else t for t in image_types)
     return s.load(base, None if image_root is None else Path(image_root).expanduser(), types, check_images)
