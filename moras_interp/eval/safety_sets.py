@@ -175,8 +175,8 @@ def vlsafe_calibration(unsafe_file: str | Path, safe_file: str | Path, image_roo
     """The MoRAS calibration set: ``n`` unsafe + ``n`` safe VLSafe pairs at the authors' seed-``seed`` indices.
 
     Reproduces snumprlab/moras ``LLaVA/parameters/get_baseline_cossim.py``: unsafe pairs from VLSafe's
-    ``train/VLSafe_harmlessnss_alignment.jsonl`` (their spelling; VLSafe ships
-    ``VLSafe_harmlessness_alignment.jsonl``), safe pairs from ``train/vlsafe_convert_safe.jsonl`` (the authors'
+    ``train/VLSafe_harmlessnss_alignment.jsonl`` (their spelling; we could not check the name in VLSafe's own
+    release, and the suite accepts ``..._harmlessness_...`` too), safe pairs from ``train/vlsafe_convert_safe.jsonl`` (the authors'
     own safe rewrite of the same queries, fields ``safe_query`` / ``image_pth``; not published with their code —
     users bring it), images from ``VLSafe/images``. ONE index draw (:func:`vlsafe_indices`) selects the same
     line numbers in both files. Their fit then takes x0 = mean similarity over all 2n pairs and

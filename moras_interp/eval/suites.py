@@ -172,7 +172,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "over-refusal on safe, ASR on unsafe (contrast_*) prompts", _xstest),
     Suite("vlsafe-calib", "calibration", "50 unsafe + 50 safe", "train/VLSafe_harmlessnss_alignment.jsonl "
           "(or ..._harmlessness_...), train/vlsafe_convert_safe.jsonl, images/",
-          "VLSafe (Chen et al., DRESS): VLSafe_harmlessness_alignment.jsonl + COCO images; the safe file is the "
+          "VLSafe (Chen et al., DRESS): its harmlessness-alignment JSONL + COCO images; the safe file is the "
           "MoRAS authors' own (not published: bring it)", "query ↔ image_id / safe_query ↔ image_pth; the same "
           "seed-0 indices np.random.choice(3000, 50) in both files", "fits (x0, k): x0 = mean s, k = ln99/(1-x0)",
           _vlsafe),
