@@ -121,9 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     data = _load(args)  # every file checked before the model loads
     calibration = None
-    if args.calibration and "=" in args.calibration:
+    if args.calibration and args.calibration.split("=", 1)[0] in SUITES:
         (cname, croot), = _pairs([args.calibration], "--calibration").items()
-        if cname not in SUITES or SUITES[cname].kind != "calibration":
+        if SUITES[cname].kind != "calibration":
             raise ValueError(f"--calibration {cname}=...: not a calibration suite (vlsafe-calib).")
         calibration = load_suite(cname, croot)
     out = Path(args.out)
@@ -171,4 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "SD_TYPO, the authors' run); 'text' = the original question without image")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each suite")
     add_method_args(p)
+    for action in p._actions:
+        if action.dest == "calibration":
+            action.help = f"{action.help}, or vlsafe-calib=ROOT (the MoRAS authors' 50 + 50 VLSafe pairs)"
     p.set_defaults(fn=_run)
