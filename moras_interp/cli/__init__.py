@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("demo", "hooks", "attention", "moras", "organism")
+COMMANDS: tuple[str, ...] = ("demo", "hooks", "attention", "moras", "suite", "organism")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,48 +15,57 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from moras_interp.cli.common import add_model_args, model_from_args
 
 
 def _is_toy(args: argparse.Namespace) -> bool:
-    return str(args.model) == "toy-llava" or str(args.data) == "toy"
+    return str(args.model) == "toy-llava" or str(getattr(args, "data", "")) == "toy"
 
 
-def _run(args: argparse.Namespace) -> int:
-    from moras_interp.eval.judge import KeywordJudge
-    from moras_interp.moras.evaluate import evaluate
-    from moras_interp.moras.examples import load_examples
-    from moras_interp.moras.methods import METHODS, TOY_ECSO_CAPTION_PROMPT, build_methods, prepare_moras
-    from moras_interp.moras.pipeline import MoRASConfig
-    from moras_interp.moras.prompts import ECSO_CAPTION_PROMPT
-    from moras_interp.moras.prototype import read_prompt_file
+def method_names(args: argparse.Namespace) -> list[str] | None:
+    """The ``--methods`` list, or ``None`` after printing an error (unknown or no method)."""
+    from moras_interp.moras.methods import METHODS
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
         print(f"error: unknown method(s) {bad}; choose from {','.join(METHODS)}", file=sys.stderr)
-        return 2
-    examples = load_examples(args.data, fmt=args.format, image_root=args.image_root, limit=args.limit,
-                             seed=args.seed, toy_n=args.toy_n)
-    model = model_from_args(args)
+        return None
+    return names
+
+
+def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], out: Path,
+                      calibration: Any = None) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+    """Build the named methods as the ``moras`` options say (shared with ``moras-interp suite``).
+
+    The prototype and calibration are fitted (or reloaded) in ``out``; ``calibration`` (labelled examples)
+    replaces ``--calibration``. Returns (methods, judge, run info), or ``None`` after printing an error.
+    """
+    from moras_interp.eval.judge import KeywordJudge
+    from moras_interp.moras.examples import load_examples
+    from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT, build_methods, prepare_moras
+    from moras_interp.moras.pipeline import MoRASConfig
+    from moras_interp.moras.prompts import ECSO_CAPTION_PROMPT
+    from moras_interp.moras.prototype import read_prompt_file
+
     cfg = MoRASConfig(n_tokens=args.n_tokens, gamma=args.gamma)
-    out = Path(args.out)
     setup = None
     if any(m in ("moras", "fixed") for m in names):
-        cal_spec: object = args.calibration
+        cal_spec: object = calibration if calibration is not None else args.calibration
         if cal_spec is None:
             if not _is_toy(args):
                 print("error: MoRAS needs --calibration: a preset (llava-1.5-7b, llava-1.5-13b), a labelled "
                       ".jsonl/.csv file, or 'toy' (the organism's calibration stream)", file=sys.stderr)
-                return 2
+                return None
             cal_spec = "toy"
         if cal_spec == "toy":
             from moras_interp.moras.examples import toy_examples
 
             cal_spec = toy_examples(args.calibration_n, args.calibration_n, args.seed, split="calib")
         elif isinstance(cal_spec, str) and Path(cal_spec).expanduser().is_file():
-            cal_spec = load_examples(cal_spec, image_root=args.image_root)
+            cal_spec = load_examples(cal_spec, image_root=getattr(args, "image_root", None))
         prompts = read_prompt_file(args.harmful_prompts) if args.harmful_prompts else None
         fixed = args.fixed_r if args.fixed_r == "auto" else float(args.fixed_r)
         setup = prepare_moras(model, calibration=cal_spec, out=out, harmful_prompts=prompts,  # type: ignore[arg-type]
@@ -70,10 +79,28 @@ def _run(args: argparse.Namespace) -> int:
     methods = build_methods(model, names, setup, config=cfg, ecso_caption_prompt=caption,
                             adashield_position=args.adashield_position)
     judge = KeywordJudge(match_prefix_only=args.judge == "prefix")
-    info = {"model": args.model, "data": str(args.data), "format": args.format, "limit": args.limit,
-            "methods": names, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-            "n_tokens": args.n_tokens, "gamma": args.gamma, "judge": args.judge, "ecso_caption_prompt": caption,
-            "setup": setup.to_dict() if setup is not None else None}
+    info = {"model": args.model, "methods": names, "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size, "n_tokens": args.n_tokens, "gamma": args.gamma, "judge": args.judge,
+            "ecso_caption_prompt": caption, "setup": setup.to_dict() if setup is not None else None}
+    return methods, judge, info
+
+
+def _run(args: argparse.Namespace) -> int:
+    from moras_interp.moras.evaluate import evaluate
+    from moras_interp.moras.examples import load_examples
+
+    names = method_names(args)
+    if names is None:
+        return 2
+    examples = load_examples(args.data, fmt=args.format, image_root=args.image_root, limit=args.limit,
+                             seed=args.seed, toy_n=args.toy_n)
+    model = model_from_args(args)
+    out = Path(args.out)
+    built = methods_from_args(args, model, names, out)
+    if built is None:
+        return 2
+    methods, judge, info = built
+    info |= {"data": str(args.data), "format": args.format, "limit": args.limit}
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info)
     print(res.markdown())
@@ -81,19 +108,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``moras`` sub-command."""
-    p = sub.add_parser("moras", help="evaluate MoRAS vs baselines (ASR, over-refusal, utility, risk, latency)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    p.add_argument("--data", required=True, help="a .jsonl/.csv/.json file, or 'toy' (the organism's held-out set)")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "figstep", "mm-safetybench", "xstest"])
-    p.add_argument("--image-root", default=None, help="folder of the images referenced by the data file")
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """The method, generation, calibration and judge options (shared with ``moras-interp suite``)."""
     p.add_argument("--methods", default="none,moras,fixed,adashield,ecso",
                    help="comma-separated: none, moras, fixed, adashield, ecso")
-    p.add_argument("--out", required=True, help="results folder (re-running resumes)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--calibration", default=None,
                    help="preset (llava-1.5-7b, llava-1.5-13b), a labelled .jsonl/.csv file, or 'toy' (default for the organism)")
@@ -108,8 +127,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adashield-position", default="append", choices=["append", "prepend"])
     p.add_argument("--judge", default="keyword", choices=["keyword", "prefix"],
                    help="refusal judge: refusal prefixes + keywords anywhere, or prefixes only")
-    p.add_argument("--toy-n", type=int, default=20, help="examples per class for --data toy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``moras`` sub-command."""
+    p = sub.add_parser("moras", help="evaluate MoRAS vs baselines (ASR, over-refusal, utility, risk, latency)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="a .jsonl/.csv/.json file, or 'toy' (the organism's held-out set)")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "figstep", "mm-safetybench", "xstest"])
+    p.add_argument("--image-root", default=None, help="folder of the images referenced by the data file")
+    p.add_argument("--out", required=True, help="results folder (re-running resumes)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--toy-n", type=int, default=20, help="examples per class for --data toy")
+    add_method_args(p)
     p.set_defaults(fn=_run)

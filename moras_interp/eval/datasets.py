@@ -162,13 +162,23 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *,
 
 
 def _read_csv(p: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV with a header as dicts; a row with fewer or more cells than the header is an error
+    (naming the file and line), never silently padded with ``None``. Fully empty rows are skipped."""
     with p.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in reader.fieldnames or []]
+        reader = csv.reader(fh)
+        cols = [c.strip() for c in next(reader, [])]
         missing = [c for c in required if c not in cols]
         if missing:
             raise DatasetFormatError(f"{p}: missing column(s) {missing}; found {cols}.")
-        return [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+        rows, line = [], reader.line_num + 1
+        for cells in reader:
+            if cells and len(cells) != len(cols):
+                raise DatasetFormatError(f"{p}:{line}: row has {len(cells)} cells but the header has {len(cols)} "
+                                         f"({cols}); the row is truncated or has an unquoted comma.")
+            if cells:
+                rows.append(dict(zip(cols, cells)))
+            line = reader.line_num + 1
+        return rows
 
 
 def load_csv(path: str | Path, image_root: str | Path | None = None, *, text_column: str | None = None,
