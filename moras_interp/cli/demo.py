@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moras_interp.cli.common import add_model_args, model_from_args
+from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 
 
 def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple[Any, list[Path]]:
@@ -63,10 +63,11 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
 
 
 def _run(args: argparse.Namespace) -> int:
+    from moras_interp.atomic import atomic_write_text
     from moras_interp.cli import build_parser
     from moras_interp.moras.examples import toy_examples
 
-    out = Path(args.out)
+    out = check_out_dir(args.out)  # before any model loads
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/2] MoRAS vs baselines on {args.n} unsafe + {args.n} safe held-out queries → {out / 'moras'}")
     margs = ["moras", "--model", args.model, "--data", "toy", "--toy-n", str(args.n), "--out", str(out / "moras"),
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     lines += [f"- `moras/{p.name}`" for p in sorted((out / "moras").rglob("*")) if p.is_file() and p.parent == out / "moras"]
     lines += [f"- `moras/figures/{p.name}`" for p in sorted((out / "moras" / "figures").glob("*"))]
     report = out / "README.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     if summary is not None:
         print(summary[["ratio (plain)", "ratio (reformulated)"]].round(2).to_string())
     print(f"\nwrote {report}, heatmaps in {out / 'attention'}, MoRAS results in {out / 'moras'}")
