@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from moras_interp.cli import error_line, is_user_error, main
-from moras_interp.models.loading import _dtype
+from moras_interp.models.loading import ModelNotFoundError, _dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +135,7 @@ def test_user_error_classification() -> None:
     assert error_line(ValueError("line one\nline two.\n  line three")) == "line one; line two. line three"
     assert error_line(KeyError("no such key 'x'")) == "no such key 'x'"
     assert is_user_error(FileNotFoundError(2, "No such file", "x.png"))
+    assert is_user_error(ModelNotFoundError("load_model('org/x'): ..."))  # classes defined in moras_interp
 
 
 def without_root_override() -> None:

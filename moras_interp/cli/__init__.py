@@ -12,8 +12,10 @@ instead. User errors are (:func:`is_user_error`):
 * ``ValueError`` and ``KeyError`` (and their subclasses, e.g. a dataset-format error) raised by moras_interp's
   own code: these are the checks of input, options and files, and their messages name the fix;
 * file-system errors anywhere (``FileNotFoundError``, ``FileExistsError``, ``PermissionError``,
-  ``IsADirectoryError``, ``NotADirectoryError``; they name the path) and
-  :class:`~moras_interp.models.loading.ModelNotFoundError` (a model name nobody can resolve).
+  ``IsADirectoryError``, ``NotADirectoryError``; they name the path);
+* any exception whose class is defined in moras_interp (e.g.
+  :class:`~moras_interp.models.loading.ModelNotFoundError`, a dataset-format error, a locked or mismatched
+  output folder): define such a class for a new kind of user error.
 
 Anything else (a ``ValueError`` raised inside torch or transformers, a ``RuntimeError``, an
 ``AssertionError``) is an internal error and keeps its full traceback, so that it can be reported.
@@ -86,6 +88,8 @@ def is_user_error(e: BaseException) -> bool:
     from moras_interp.models.loading import ModelNotFoundError
 
     if isinstance(e, (*USER_OS_ERRORS, ModelNotFoundError)):
+        return True
+    if any(c.__module__.startswith("moras_interp.") for c in type(e).__mro__):  # our own exception classes
         return True
     return isinstance(e, (ValueError, KeyError)) and _raised_by_us(e)
 

@@ -61,7 +61,8 @@ def check_out_dir(out: str | Path, *, option: str = "--out", may_be_read_only: b
         except (OSError, ValueError) as e:
             raise ValueError(f"{run_p} is not readable JSON ({e}); use another {option} or delete it.") from None
         if isinstance(prev, dict):
-            diff = [k for k in run_info if k in prev and prev[k] != run_info[k]]
+            plain = (str, int, float, bool, type(None))  # richer records (fingerprints) are evaluate's to compare
+            diff = [k for k in run_info if k in prev and isinstance(prev[k], plain) and prev[k] != run_info[k]]
             if diff:
                 changes = ", ".join(f"{k}: {prev[k]!r} ≠ {run_info[k]!r}" for k in diff)
                 raise ValueError(f"{option} {str(out)!r} holds results of another run ({changes}); use another "

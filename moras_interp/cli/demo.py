@@ -21,6 +21,7 @@ from moras_interp.cli.common import add_model_args, check_out_dir, model_from_ar
 def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple[Any, list[Path]]:
     import plotly.graph_objects as go
 
+    from moras_interp.atomic import atomic_write_text
     from moras_interp.attention import cross_modal_attention
     from moras_interp.moras.prompts import reformulate
     from moras_interp.organisms.analysis import attention_study, attention_summary, visual_contexts
@@ -51,8 +52,8 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
     q = [type("Q", (), {"image": im, "question": e.text, "box": tuple(e.region)})() for e, im in zip(qs, imgs)]
     study = attention_study(model, q, contexts=contexts, threshold=0.2, batch_size=8)
     summary = attention_summary(study)
-    study.to_csv(out / "region_share.csv", index=False)
-    summary.to_csv(out / "region_share_summary.csv")
+    atomic_write_text(out / "region_share.csv", study.to_csv(index=False))
+    atomic_write_text(out / "region_share_summary.csv", summary.to_csv())
     files += [out / "region_share.csv", out / "region_share_summary.csv"]
     fig = go.Figure([go.Bar(x=[str(l) for l in summary.index], y=summary[f"ratio ({c})"], name=c)
                      for c in ("plain", "reformulated")])
