@@ -166,6 +166,7 @@ def test_finished_read_only_results_folder_is_summarised(tmp_path: Path, capfd: 
         done = cli(*argv, as_user=True)
         assert done.returncode == 0, done.stderr[-3000:]
         assert before[out / "results.md"].decode() in done.stdout  # the same table, summarised from the records
+        assert "read-only: summarised its records, wrote nothing" in done.stdout
         assert list(table["method"]) == ["none", "adashield"] and (table["n"] == 4).all()
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing rewritten
         # the same read-only folder for a run that is not finished fails at once, in one line, before the model

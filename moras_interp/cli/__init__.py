@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"moras-interp {args.cmd}: interrupted (a rerun with the same options resumes where supported)",
+              file=sys.stderr)
+        return 130
     except Exception as e:
         if getattr(args, "debug", False) or not is_user_error(e):
             raise

@@ -96,7 +96,10 @@ def _run(args: argparse.Namespace) -> int:
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info)
     print(res.markdown())
-    print(f"wrote {res.files['csv']}, {res.files['json']} and {len(res.files) - 4} figure files under {out}")
+    if res.n_run == 0 and not os.access(out, os.W_OK):
+        print(f"{out} is complete and read-only: summarised its records, wrote nothing")
+    else:
+        print(f"wrote {res.files['csv']}, {res.files['json']} and {len(res.files) - 4} figure files under {out}")
     return 0
 
 
