@@ -7,6 +7,7 @@
     moras = mi.MoRAS.calibrate(model, labelled_pairs)        # risk-adaptive steering, batched
 """
 
+from moras_interp import organisms as _organisms  # noqa: F401  (registers the organism names with models.registry)
 from moras_interp.activations import Direction, collect_activations, steer
 from moras_interp.attention import CrossModalAttention, cross_modal_attention
 from moras_interp.models import (

@@ -177,6 +177,6 @@ def test_cli_attention_writes_figures_npz_and_region_share(tmp_path, capsys) -> 
     share = json.loads((out / "region_share.json").read_text())
     assert share["aggregated"] == pytest.approx(loaded.region_share(0, box).aggregated, rel=1e-9)
     assert f"{share['aggregated']:.4f}" in printed
-    with pytest.raises(SystemExit, match="--box needs 4 numbers"):
-        main(["attention", "--model", "tiny:llava", "--image", str(img), "--prompt", "x", "--box", "1", "2",
-              "--out", str(out)])
+    assert main(["attention", "--model", "tiny:llava", "--image", str(img), "--prompt", "x", "--box", "1", "2",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("moras-interp attention: error: --box needs 4 numbers")

@@ -11,6 +11,7 @@ new position is steered when ``positions`` is "all", "last" or "generated" ("gen
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,32 @@ def position_mask(positions: Any, layouts: list[TokenLayout] | None, shape: tupl
 POSITION_NAMES = ("all", "last", "image", "instruction", "generated")
 
 
+def check_layers(model: MLLM, direction: Any, layers: list[int] | None) -> None:
+    """Raise ``ValueError`` for ``layers`` outside the model's range or without a vector in ``direction``."""
+    if layers is None:
+        return
+    if isinstance(direction, dict):
+        raise ValueError(f"layers={list(layers)} selects vectors of a Direction; a {{hook name: vector}} dict already "
+                         "names its hooks: leave layers out or drop entries from the dict.")
+    vision = str(direction.hook).startswith("vision.")
+    n = model.adapter.n_vision_layers() if vision else model.n_layers
+
+    def ok(l: Any) -> bool:
+        try:
+            return not isinstance(l, bool) and 0 <= operator.index(l) < n
+        except TypeError:
+            return False
+
+    bad = [l for l in layers if not ok(l)]
+    if bad:
+        raise ValueError(f"layers={list(layers)}: {bad} out of range; {model.model_id or 'the model'} has "
+                         f"{'vision ' if vision else ''}layers 0–{n - 1}.")
+    missing = [int(l) for l in layers if int(l) not in direction.layers]
+    if missing:
+        raise ValueError(f"layers={list(layers)}: the direction has no vector for layer(s) {missing}; it has layers "
+                         f"{direction.layers} (build it on those layers, or choose among them).")
+
+
 def steering_hooks(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, positions: Any = "all",
                    mode: str = "add", layers: list[int] | None = None) -> list[tuple[str, Any]]:
     """The ``(hook name, fn)`` pairs that :func:`steer` installs (validated up front).
@@ -83,6 +110,7 @@ def steering_hooks(model: MLLM, direction: Any, *, alpha: float | torch.Tensor =
     alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
     if alpha_t.ndim > 1 or not bool(torch.isfinite(alpha_t).all()):
         raise ValueError(f"alpha must be a finite float or a per-example tensor [b], got shape {tuple(alpha_t.shape)}.")
+    check_layers(model, direction, layers)
     vecs = direction_hooks(direction, layers)
     for name, v in vecs.items():
         model.hook_point(name)

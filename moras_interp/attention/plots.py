@@ -86,7 +86,7 @@ def _fit(fig: go.Figure, min_width: int = 640) -> go.Figure:
 def token_heat(attn: CrossModalAttention, example: int, scores: torch.Tensor, image: int = 0, *,
                grid: Any = None, reduce: str = "mean") -> np.ndarray:
     """Scores [V] (grid order of image ``image``) painted over the original image: float64 [H, W]."""
-    return token_map(scores, attn.layouts[example].images[image], grid=grid, reduce=reduce)
+    return token_map(scores, attn.image_layout(example, image), grid=grid, reduce=reduce)
 
 
 def heatmap(attn: CrossModalAttention, example: int = 0, *, layers: Layers = None, heads: HeadSpec = "top-visual",
@@ -101,6 +101,7 @@ def heatmap(attn: CrossModalAttention, example: int = 0, *, layers: Layers = Non
         box: a region ``(x0, y0, x1, y1)`` in original pixels, outlined, with its share in the title.
         grid, reduce: passed to :func:`moras_interp.viz.token_map`.
     """
+    attn.image_layout(example, image)  # a text-only row: a clear error naming it
     ls = _layers(attn, layers)
     pairs = attn.resolve_heads(heads, ls, [example])
     scores = attn.aggregate(example, pairs, image)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from moras_interp.attention.region import overlap_fraction, region_area_share
-from moras_interp.models.layout import TokenLayout
+from moras_interp.models.layout import ImageLayout, TokenLayout
 
 Box = tuple[float, float, float, float]
 HeadSpec = str | float | Sequence[int] | Sequence[tuple[int, int]] | None
@@ -64,12 +64,25 @@ class CrossModalAttention:
     query: str = ""
 
     # --------------------------------------------------------------- views
+    def image_layout(self, example: int, image: int = 0) -> ImageLayout:
+        """The layout of image ``image`` of row ``example``; ``ValueError`` naming the row when it has none."""
+        if not -len(self.layouts) <= example < len(self.layouts):
+            raise ValueError(f"example={example} is out of range: this result has {len(self.layouts)} row(s).")
+        ims = self.layouts[example].images
+        if not -len(ims) <= image < len(ims):
+            prompt = self.prompts[example] if example < len(self.prompts) else ""
+            row = f"Row {example}{f' ({prompt!r})' if prompt else ''}"
+            if not ims:
+                raise ValueError(f"{row} has no image tokens (a text-only prompt), so it has no attention over an "
+                                 "image to map or share: pick a row with an image.")
+            raise ValueError(f"{row} has {len(ims)} image(s); image={image} is out of range (0–{len(ims) - 1}).")
+        return ims[image]
+
     def image_columns(self, example: int, image: int | None = None, grid_only: bool = True) -> torch.Tensor:
         """Key positions of an image's tokens (all images if ``image`` is None), grid order."""
-        lay = self.layouts[example]
-        ims = lay.images if image is None else [lay.images[image]]
+        ims = self.layouts[example].images if image is None else [self.image_layout(example, image)]
         if not ims:
-            raise ValueError(f"Example {example} has no image.")
+            self.image_layout(example, 0)  # raises, naming the row
         return torch.cat([im.grid_positions() if grid_only else im.positions for im in ims])
 
     def _valid_rows(self, example: int) -> torch.Tensor:
@@ -164,7 +177,7 @@ class CrossModalAttention:
         tokens that show some of the image (tokens covering only padding, e.g. LLaVA's pad-to-square
         bands, are not attention on the image).
         """
-        im = self.layouts[example].images[image]
+        im = self.image_layout(example, image)
         boxes = im.grid_boxes().to(torch.float64)
         shown = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).to(torch.float64)
         frac = overlap_fraction(boxes, im.image_size, box=box, mask=mask).to(torch.float64)
@@ -187,7 +200,7 @@ class CrossModalAttention:
         plus ``share_a``, ``share_b``, ``share_change`` when a region is given.
         """
         oe = example if other_example is None else other_example
-        ia, ib = self.layouts[example].images[0], other.layouts[oe].images[0]
+        ia, ib = self.image_layout(example), other.image_layout(oe)
         if ia.image_size != ib.image_size or [(g.rows, g.cols) for g in ia.grids] != [(g.rows, g.cols)
                                                                                        for g in ib.grids]:
             raise ValueError("The two attentions are over different image token grids; compare the same image.")

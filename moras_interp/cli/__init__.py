@@ -1,8 +1,24 @@
-"""Command line: ``moras-interp <command> ...``.
+"""Command line: ``moras-interp [--debug] <command> ...``.
 
 Each sub-command lives in its own module in this package and exposes ``register(subparsers)``, which adds
 its parser and sets ``fn`` (a callable taking the parsed namespace and returning an exit code). To add a
 command, add a module and list it in ``COMMANDS``.
+
+Errors. A *user error* prints one line ``moras-interp <command>: error: <message>`` to stderr and exits with
+status 2 (as argparse does for a bad option); ``--debug`` (before or after the command) shows the traceback
+instead. User errors are (:func:`is_user_error`):
+
+* argparse errors (unknown option, bad choice, missing argument);
+* ``ValueError`` and ``KeyError`` (and their subclasses, e.g. a dataset-format error) raised by moras_interp's
+  own code: these are the checks of input, options and files, and their messages name the fix;
+* file-system errors anywhere (``FileNotFoundError``, ``FileExistsError``, ``PermissionError``,
+  ``IsADirectoryError``, ``NotADirectoryError``; they name the path);
+* any exception whose class is defined in moras_interp (e.g.
+  :class:`~moras_interp.models.loading.ModelNotFoundError`, a dataset-format error, a locked or mismatched
+  output folder): define such a class for a new kind of user error.
+
+Anything else (a ``ValueError`` raised inside torch or transformers, a ``RuntimeError``, an
+``AssertionError``) is an internal error and keeps its full traceback, so that it can be reported.
 """
 
 from __future__ import annotations
@@ -10,13 +26,36 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
+from typing import NoReturn
 
-COMMANDS: tuple[str, ...] = ("demo", "hooks", "attention", "moras", "suite", "organism")
+COMMANDS: tuple[str, ...] = (
+    "demo",
+    "hooks",
+    "attention",
+    "moras",
+    "suite",
+    "organism",
+)
+
+USER_OS_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, PermissionError,
+                                                   IsADirectoryError, NotADirectoryError)
+"""File-system errors that are always the user's to fix (they name the path)."""
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors are one line (``prog: error: message``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``moras-interp`` argument parser with every registered sub-command."""
-    parser = argparse.ArgumentParser(prog="moras-interp", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="moras-interp", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in COMMANDS:
         try:
@@ -26,14 +65,65 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    for p in sub.choices.values():  # --debug is also accepted after the command
+        if "--debug" not in p._option_string_actions:
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _raised_by_us(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e``'s traceback is moras_interp code."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    try:
+        return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is a user error (one line, exit 2) rather than an internal one (see the module docstring)."""
+    from moras_interp.models.loading import ModelNotFoundError
+
+    if isinstance(e, (*USER_OS_ERRORS, ModelNotFoundError)):
+        return True
+    if any(c.__module__.startswith("moras_interp.") for c in type(e).__mro__):  # our own exception classes
+        return True
+    return isinstance(e, (ValueError, KeyError)) and _raised_by_us(e)
+
+
+def error_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (a ``KeyError``'s message without its quotes)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    parts = [p.strip() for p in msg.splitlines() if p.strip()]
+    line = ""
+    for p in parts:
+        line += p if not line else ((" " if line[-1] in ".:;,!?" else "; ") + p)
+    return line or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``moras-interp`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"moras-interp {args.cmd}: interrupted (a rerun with the same options resumes where supported)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        if getattr(args, "debug", False) or not is_user_error(e):
+            raise
+        print(f"moras-interp {args.cmd}: error: {error_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+__all__ = ["COMMANDS", "build_parser", "error_line", "is_user_error", "main"]

@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from moras_interp.cli.common import add_model_args, model_from_args
+from moras_interp.atomic import atomic_write_text
+from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 
 
 def parse_box(values: list[str] | None) -> tuple[float, float, float, float] | None:
@@ -27,10 +28,10 @@ def parse_box(values: list[str] | None) -> tuple[float, float, float, float] | N
     except ValueError:
         nums = []
     if len(nums) != 4:
-        raise SystemExit(f"--box needs 4 numbers x0 y0 x1 y1 in original image pixels (got {' '.join(values)!r}).")
+        raise ValueError(f"--box needs 4 numbers x0 y0 x1 y1 in original image pixels (got {' '.join(values)!r}).")
     x0, y0, x1, y1 = nums
     if not (x1 > x0 and y1 > y0):
-        raise SystemExit(f"--box {nums}: need x0 < x1 and y0 < y1.")
+        raise ValueError(f"--box {nums}: need x0 < x1 and y0 < y1.")
     return x0, y0, x1, y1
 
 
@@ -43,7 +44,7 @@ def parse_heads(value: str) -> str | float | list[int]:
     try:
         return float(value)
     except ValueError:
-        raise SystemExit(f"--heads {value!r}: use top-visual, all, a threshold like 0.2 or indices like 0,3.") from None
+        raise ValueError(f"--heads {value!r}: use top-visual, all, a threshold like 0.2 or indices like 0,3.") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -52,14 +53,14 @@ def _run(args: argparse.Namespace) -> int:
 
     box = parse_box(args.box)
     heads = parse_heads(args.heads)
-    if not Path(args.image).exists():
-        raise SystemExit(f"--image {args.image}: file not found.")
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"--image {args.image}: file not found.")
+    out = check_out_dir(args.out)  # before the model loads
     model = model_from_args(args)
     batch = model.prepare(images=[args.image], prompts=[args.prompt])
     if not batch.layouts[0].images:
-        raise SystemExit("The prompt holds no image tokens; check that the model is multimodal.")
+        raise ValueError(f"--model {args.model}: the prompt holds no image tokens; check that the model is multimodal.")
     attn = cross_modal_attention(model, batch, query=args.query, layers=args.layers)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     attn.save(out / "attention.npz")
     figs = {"heatmap": attn.heatmap(0, heads=heads, box=box),
@@ -80,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         payload = {"box": list(box), "heads": str(args.heads), "aggregated": rs.aggregated,
                    "area_share": rs.area_share, "ratio": rs.ratio, "per_layer": rs.per_layer.tolist(),
                    "per_head": rs.per_head.tolist(), "layers": attn.layers}
-        (out / "region_share.json").write_text(json.dumps(payload, indent=1))
+        atomic_write_text(out / "region_share.json", json.dumps(payload, indent=1))
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
     return 0
 

@@ -15,12 +15,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moras_interp.cli.common import add_model_args, model_from_args
+from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 
 
 def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple[Any, list[Path]]:
     import plotly.graph_objects as go
 
+    from moras_interp.atomic import atomic_write_text
     from moras_interp.attention import cross_modal_attention
     from moras_interp.moras.prompts import reformulate
     from moras_interp.organisms.analysis import attention_study, attention_summary, visual_contexts
@@ -51,8 +52,8 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
     q = [type("Q", (), {"image": im, "question": e.text, "box": tuple(e.region)})() for e, im in zip(qs, imgs)]
     study = attention_study(model, q, contexts=contexts, threshold=0.2, batch_size=8)
     summary = attention_summary(study)
-    study.to_csv(out / "region_share.csv", index=False)
-    summary.to_csv(out / "region_share_summary.csv")
+    atomic_write_text(out / "region_share.csv", study.to_csv(index=False))
+    atomic_write_text(out / "region_share_summary.csv", summary.to_csv())
     files += [out / "region_share.csv", out / "region_share_summary.csv"]
     fig = go.Figure([go.Bar(x=[str(l) for l in summary.index], y=summary[f"ratio ({c})"], name=c)
                      for c in ("plain", "reformulated")])
@@ -63,10 +64,11 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
 
 
 def _run(args: argparse.Namespace) -> int:
+    from moras_interp.atomic import atomic_write_text
     from moras_interp.cli import build_parser
     from moras_interp.moras.examples import toy_examples
 
-    out = Path(args.out)
+    out = check_out_dir(args.out)  # before any model loads
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/2] MoRAS vs baselines on {args.n} unsafe + {args.n} safe held-out queries → {out / 'moras'}")
     margs = ["moras", "--model", args.model, "--data", "toy", "--toy-n", str(args.n), "--out", str(out / "moras"),
@@ -92,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     lines += [f"- `moras/{p.name}`" for p in sorted((out / "moras").rglob("*")) if p.is_file() and p.parent == out / "moras"]
     lines += [f"- `moras/figures/{p.name}`" for p in sorted((out / "moras" / "figures").glob("*"))]
     report = out / "README.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     if summary is not None:
         print(summary[["ratio (plain)", "ratio (reformulated)"]].round(2).to_string())
     print(f"\nwrote {report}, heatmaps in {out / 'attention'}, MoRAS results in {out / 'moras'}")

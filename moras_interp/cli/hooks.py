@@ -17,5 +17,5 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``hooks`` sub-command."""
     p = sub.add_parser("hooks", help="load a model and print its canonical hook table")
-    add_model_args(p, default="tiny:llava")
+    add_model_args(p)
     p.set_defaults(fn=_run)

@@ -13,35 +13,57 @@ A real model with user files::
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
-from moras_interp.cli.common import add_model_args, model_from_args
+from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 
 
 def _is_toy(args: argparse.Namespace) -> bool:
     return str(args.model) == "toy-llava" or str(getattr(args, "data", "")) == "toy"
 
 
-def method_names(args: argparse.Namespace) -> list[str] | None:
-    """The ``--methods`` list, or ``None`` after printing an error (unknown or no method)."""
+def _check_out(args: argparse.Namespace, names: list[str], ids: list[str]) -> None:
+    """Cheap ``--out`` checks before loading the model: a folder (not a file), writable unless every
+    (method, example) is already recorded (a finished read-only folder can still be summarised), and not
+    holding records of a run with other options (the full identity check follows in ``evaluate``)."""
+    from moras_interp.moras.evaluate import RecordStore
+
+    out = Path(args.out).expanduser()
+    records = out / "records.jsonl"
+    finished = False
+    if records.is_file() and not os.access(out, os.W_OK):
+        done = RecordStore(records).done()
+        finished = all((m, i) in done for m in names for i in ids)
+    has_records = records.is_file() and records.stat().st_size > 0
+    cheap = {"model": args.model, "data": str(args.data), "format": args.format,
+             "max_new_tokens": args.max_new_tokens, "n_tokens": args.n_tokens, "gamma": args.gamma,
+             "judge": args.judge}
+    check_out_dir(out, may_be_read_only=finished, run_info=cheap if has_records else None,
+                  overwrite=bool(getattr(args, "overwrite", False)))
+
+
+def method_names(args: argparse.Namespace) -> list[str]:
+    """The ``--methods`` list; ``ValueError`` naming the bad ones (unknown or no method)."""
     from moras_interp.moras.methods import METHODS
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
-        print(f"error: unknown method(s) {bad}; choose from {','.join(METHODS)}", file=sys.stderr)
-        return None
+        raise ValueError(f"--methods: unknown method(s) {bad}; choose from {','.join(METHODS)}")
+    if any(m in ("moras", "fixed") for m in names) and args.calibration is None and not _is_toy(args):
+        raise ValueError("MoRAS needs --calibration: a preset (llava-1.5-7b, llava-1.5-13b), a labelled "
+                         ".jsonl/.csv file, or 'toy' (the organism's calibration stream)")
     return names
 
 
 def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], out: Path,
-                      calibration: Any = None) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+                      calibration: Any = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Build the named methods as the ``moras`` options say (shared with ``moras-interp suite``).
 
     The prototype and calibration are fitted (or reloaded) in ``out``; ``calibration`` (labelled examples)
-    replaces ``--calibration``. Returns (methods, judge, run info), or ``None`` after printing an error.
+    replaces ``--calibration``. Returns (methods, judge, run info).
     """
     from moras_interp.eval.judge import KeywordJudge
     from moras_interp.moras.examples import load_examples
@@ -54,11 +76,7 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
     setup = None
     if any(m in ("moras", "fixed") for m in names):
         cal_spec: object = calibration if calibration is not None else args.calibration
-        if cal_spec is None:
-            if not _is_toy(args):
-                print("error: MoRAS needs --calibration: a preset (llava-1.5-7b, llava-1.5-13b), a labelled "
-                      ".jsonl/.csv file, or 'toy' (the organism's calibration stream)", file=sys.stderr)
-                return None
+        if cal_spec is None:  # the organism (checked in method_names)
             cal_spec = "toy"
         if cal_spec == "toy":
             from moras_interp.moras.examples import toy_examples
@@ -90,21 +108,20 @@ def _run(args: argparse.Namespace) -> int:
     from moras_interp.moras.examples import load_examples
 
     names = method_names(args)
-    if names is None:
-        return 2
     examples = load_examples(args.data, fmt=args.format, image_root=args.image_root, limit=args.limit,
                              seed=args.seed, toy_n=args.toy_n)
+    _check_out(args, names, [ex.id for ex in examples])  # before the model loads: a bad folder fails at once
     model = model_from_args(args)
     out = Path(args.out)
-    built = methods_from_args(args, model, names, out)
-    if built is None:
-        return 2
-    methods, judge, info = built
+    methods, judge, info = methods_from_args(args, model, names, out)
     info |= {"data": str(args.data), "format": args.format, "limit": args.limit}
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info)
     print(res.markdown())
-    print(f"wrote {res.files['csv']}, {res.files['json']} and {len(res.files) - 4} figure files under {out}")
+    if res.n_run == 0 and not os.access(out, os.W_OK):
+        print(f"{out} is complete and read-only: summarised its records, wrote nothing")
+    else:
+        print(f"wrote {res.files['csv']}, {res.files['json']} and {len(res.files) - 4} figure files under {out}")
     return 0
 
 

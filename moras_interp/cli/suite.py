@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +113,8 @@ def _run(args: argparse.Namespace) -> int:
         print(suite_table())
         return 0
     if not args.suites or args.out is None:
-        print("error: give one or more NAME=ROOT suites and --out (or --list)", file=sys.stderr)
-        return 2
+        raise ValueError("give one or more NAME=ROOT suites and --out (or --list)")
     names = method_names(args)
-    if names is None:
-        return 2
     data = _load(args)  # every file checked before the model loads
     calibration = None
     if args.calibration and args.calibration.split("=", 1)[0] in SUITES:
@@ -128,10 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         calibration = load_suite(cname, croot)
     out = Path(args.out)
     model = model_from_args(args)
-    built = methods_from_args(args, model, names, out / "setup", calibration=calibration)
-    if built is None:
-        return 2
-    methods, judge, info = built
+    methods, judge, info = methods_from_args(args, model, names, out / "setup", calibration=calibration)
     tables = []
     for name, (root, suite, examples) in data.items():
         run_info = info | {"data": f"{name}={root}", "format": "suite",

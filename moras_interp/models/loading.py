@@ -1,12 +1,17 @@
-"""``load_model``: HF id, local path, shipped organism name, or an already-built HF model."""
+"""``load_model``: HF id, local path, registered name (organism, ``tiny:<arch>``), or an already-built HF model."""
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from moras_interp.models import registry
+from moras_interp.models import tiny as _tiny  # noqa: F401  (registers the tiny:<arch> names)
 from moras_interp.models.mllm import MLLM
 from moras_interp.models.validate import validate_hooks
 
@@ -22,13 +27,66 @@ def _dtype(d: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[d]
 
 
-def _resolve_name(name: str) -> str:
-    """Shipped organism names (e.g. ``"toy-llava"``) map to their directory inside the package."""
-    try:
-        from moras_interp.organisms import ORGANISMS
-    except ImportError:  # organisms not built yet
-        return name
-    return str(ORGANISMS[name]) if name in ORGANISMS else name
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""``org/name``: the only shape of a Hub id with a slash (a path with more parts is local)."""
+
+
+class ModelNotFoundError(OSError):
+    """A model name that is neither registered, nor a local directory, nor loadable from the Hugging Face Hub."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """Written as a local path: ``./x``, ``../x``, ``/x``, ``~/x``, several parts, or ``org/name`` whose
+    first part exists here (e.g. ``out/model`` with ``out/`` present)."""
+    if name.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in name):
+        return True
+    if "/" in name and not _HUB_ID.match(name):
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).expanduser().is_dir()
+
+
+def _missing_path_message(name: str) -> str:
+    """``no such directory``, naming the deepest folder that exists and the closest names inside it."""
+    path = Path(name).expanduser()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    first_missing = path.parts[len(parent.parts)] if len(path.parts) > len(parent.parts) else path.name
+    hint = ""
+    if parent.is_dir():
+        try:
+            siblings = sorted(p.name for p in parent.iterdir())
+        except OSError:
+            siblings = []
+        close = difflib.get_close_matches(first_missing, siblings, n=3, cutoff=0.6)
+        if close:
+            hint = " Did you mean " + " or ".join(repr(str(parent / c)) for c in close) + "?"
+    return (f"load_model({name!r}): no such directory ({str(parent)!r} exists, {first_missing!r} in it "
+            f"does not).{hint}")
+
+
+def _target(name: str, attn_implementation: str | None) -> registry.Target:
+    """What ``name`` means: a registered name's target, an existing local directory, or a Hub id.
+
+    Raises at once (no network) for a missing local path, an unknown ``prefix:`` name, or a near-miss of a
+    registered name such as ``"toy-lava"``.
+    """
+    if registry.is_registered(name):
+        return registry.resolve(name, attn_implementation=attn_implementation)
+    if Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise NotADirectoryError(f"load_model({name!r}): {str(path)!r} is a file; pass the model's folder "
+                                     "(the one holding config.json and the safetensors weights).")
+        return path
+    if _looks_like_path(name):
+        raise FileNotFoundError(_missing_path_message(name))
+    close = registry.suggest(name)
+    if ":" in name or ("/" not in name and close):
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"load_model({name!r}): unknown model name.{hint} Registered names: "
+                         f"{', '.join(registry.names())}; otherwise pass a local folder or a Hub id 'org/name'.")
+    return name
 
 
 def _multimodal(processor: Any) -> bool:
@@ -70,7 +128,8 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
     """Load (or wrap) a multimodal model and return an :class:`MLLM`.
 
     Args:
-        model_or_id_or_path: an HF model id, a local directory, a shipped organism name (``"toy-llava"``),
+        model_or_id_or_path: an HF model id, a local directory, a registered name (the shipped organism
+            ``"toy-llava"``, ``"tiny:<arch>"`` random-weight models; see :mod:`moras_interp.models.registry`),
             or an already-built ``*ForConditionalGeneration`` module (then ``processor`` is required).
         processor: the processor; loaded with ``AutoProcessor`` when a name/path is given.
         device, dtype: where/how to place the weights (``dtype`` as torch dtype or "bfloat16" etc.).
@@ -81,18 +140,30 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         trust_remote_code: only when you trust the checkpoint's code.
         validate: resolve every hook name and check its shape on a tiny input (one forward).
         **hf_kwargs: forwarded to ``from_pretrained`` (e.g. ``revision``, ``local_files_only``).
+
+    Raises (before any download): ``FileNotFoundError`` for a path that does not exist (with the closest
+    names in its folder), ``ValueError`` "did you mean" for a near-miss of a registered name;
+    :class:`ModelNotFoundError` (an ``OSError``) when the Hub cannot provide an id.
     """
-    if isinstance(model_or_id_or_path, torch.nn.Module):
-        hf = model_or_id_or_path
+    target: Any = model_or_id_or_path
+    name = str(model_or_id_or_path) if isinstance(model_or_id_or_path, (str, Path)) else ""
+    registered = name if registry.is_registered(name) else None
+    if isinstance(model_or_id_or_path, (str, Path)):
+        target = _target(name, attn_implementation)
+        if isinstance(target, tuple):  # a registered builder (tiny:<arch>): (hf_model, processor)
+            target, built_processor = target
+            processor = processor if processor is not None else built_processor
+    if isinstance(target, torch.nn.Module):
+        hf = target
         if processor is None:
             raise ValueError("An already-built model needs its processor: load_model(hf_model, processor=proc).")
         if attn_implementation is not None and hasattr(hf, "set_attn_implementation"):
             hf.set_attn_implementation(attn_implementation)
-        model_id = getattr(hf.config, "_name_or_path", None) or type(hf).__name__
+        model_id = registered or getattr(hf.config, "_name_or_path", None) or type(hf).__name__
     else:
         from transformers import AutoModelForImageTextToText
 
-        model_id = _resolve_name(str(model_or_id_or_path))
+        model_id = name  # as given (a path keeps its spelling; ``target`` has ``~`` expanded)
         kw: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code, **hf_kwargs}
         if attn_implementation is not None:
             kw["attn_implementation"] = attn_implementation
@@ -102,19 +173,24 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
             kw["device_map"] = device_map
         elif device is not None:
             kw["device_map"] = str(device)  # load straight onto the device (no full copy in CPU RAM first)
-        hf = AutoModelForImageTextToText.from_pretrained(model_id, **kw)
+        try:
+            hf = AutoModelForImageTextToText.from_pretrained(str(target), **kw)
+        except OSError as e:
+            if isinstance(target, Path):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelNotFoundError(
+                f"load_model({name!r}): not a registered name ({', '.join(registry.names())}), not a local "
+                f"folder, and the Hugging Face Hub could not provide it: {first}") from e
         if processor is None:
             pkw = {k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
-            processor = _load_processor(model_id, hf.config.model_type, trust_remote_code, pkw)
+            processor = _load_processor(str(target), hf.config.model_type, trust_remote_code, pkw)
     hf.eval()
     if device_map is not None and device is not None:
         raise ValueError("Give either device (one device) or device_map (e.g. 'auto' for several GPUs), not both.")
-    if isinstance(model_or_id_or_path, torch.nn.Module) and (device is not None or dtype is not None):
+    if isinstance(target, torch.nn.Module) and (device is not None or dtype is not None):
         hf.to(device=device, dtype=_dtype(dtype))
-    name = str(model_or_id_or_path) if isinstance(model_or_id_or_path, (str, Path)) else ""
-    from moras_interp.organisms import ORGANISMS
-
-    model = MLLM(hf, processor, model_id=name if name in ORGANISMS else str(model_id), remote=remote)
+    model = MLLM(hf, processor, model_id=registered or str(model_id), remote=remote)
     if validate and not remote:
         model.validated_shapes = validate_hooks(model)
     return model

@@ -243,4 +243,19 @@ def build_tiny(arch: str, *, attn_implementation: str = "eager", seed: int = 0, 
     return model, processor
 
 
+def _register_tiny_names() -> None:
+    """Register ``tiny:<arch>`` for every arch, so ``load_model("tiny:llava")`` works from Python and the CLI."""
+    from functools import partial
+
+    from moras_interp.models.registry import register_model
+
+    def resolver(arch: str, attn_implementation: str | None = "eager", **_: object) -> tuple:
+        return build_tiny(arch, attn_implementation=attn_implementation or "eager")
+
+    for arch in TINY_ARCHS:
+        register_model(f"tiny:{arch}", partial(resolver, arch))
+
+
+_register_tiny_names()
+
 __all__ = ["BASE_WORDS", "TINY_ARCHS", "build_tiny", "chat_template", "make_word_tokenizer", "tiny_image"]

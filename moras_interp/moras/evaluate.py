@@ -130,12 +130,15 @@ def evaluate(examples: Sequence[Example], methods: Mapping[str, Method], out: st
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
     _check_examples(examples)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
     judge = judge or KeywordJudge()
     store = RecordStore(out / "records.jsonl")
     done = store.done()
     todo = {name: [ex for ex in examples if (name, ex.id) not in done] for name in methods}
     total = sum(len(v) for v in todo.values())
+    # a finished folder the user may not write to (chmod -w, a read-only mount) is summarised without writing
+    read_only = total == 0 and not os.access(out, os.W_OK)
     if run_info is not None:
         run_p = out / "run.json"
         if run_p.exists() and done:
@@ -145,7 +148,8 @@ def evaluate(examples: Sequence[Example], methods: Mapping[str, Method], out: st
             if diff:
                 raise ValueError(f"{out} holds results of a different run ({', '.join(f'{k}: {prev[k]!r} ≠ {run_info[k]!r}' for k in diff)}); "
                                  "resuming would mix them. Use another --out folder or delete this one.")
-        atomic_write_text(run_p, json.dumps(run_info, indent=1, default=str))
+        if not read_only:
+            atomic_write_text(run_p, json.dumps(run_info, indent=1, default=str))
     n_done = len(examples) * len(methods) - total
     bar = tqdm(total=total, desc="evaluate", disable=not progress)
     if n_done and progress:
@@ -166,6 +170,10 @@ def evaluate(examples: Sequence[Example], methods: Mapping[str, Method], out: st
     recs = pd.DataFrame([r for r in store.load() if r["method"] in methods and r["id"] in wanted])
     table = summary_table(recs, list(methods))
     files = {"records": store.path}
+    if read_only:
+        files |= {k: out / f"results.{k}" for k in ("csv", "json", "md")}
+        files |= {p.stem + "_" + p.suffix[1:]: p for p in sorted((out / "figures").glob("*")) if figures}
+        return EvalResult(recs, table, out, files, total)
     files["csv"] = atomic_write_text(out / "results.csv", table.to_csv(index=False))
     payload = {"summary": json.loads(table.to_json(orient="records")), "run": run_info or {},
                "n_examples": len(examples), "methods": list(methods)}

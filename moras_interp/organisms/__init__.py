@@ -41,4 +41,14 @@ def toy_harmful_requests_path() -> Path:
     return _HERE / "harmful_requests_toy.txt"
 
 
+def _register_names() -> None:
+    """Let ``load_model("toy-llava")`` find the shipped folder through the model layer's name registry."""
+    from moras_interp.models.registry import register_model
+
+    for name in ORGANISMS:
+        register_model(name, lambda _name=name, **_: organism_path(_name))
+
+
+_register_names()
+
 __all__ = ["ORGANISMS", "organism_path", "toy_harmful_requests_path"]
