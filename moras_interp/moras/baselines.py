@@ -56,14 +56,16 @@ def check_queries(images: Sequence[ImageInput], questions: Sequence[str], batch_
 
 def generate_stage(model: MLLM, traces: Sequence[MoRASTrace], images: Sequence[ImageInput] | None,
                    prompts: Sequence[str], stage: str, max_new_tokens: int,
-                   generate_kwargs: dict[str, Any] | None = None) -> list[str]:
+                   generate_kwargs: dict[str, Any] | None = None, system: str | None = None) -> list[str]:
     """One batched greedy generation recorded in ``traces`` under ``stage``; returns the decoded outputs.
+
+    ``system``: system prompt of the conversation (``MoRASConfig.system``; the authors' setup sends LLaVA's).
 
     Records ``prompts[stage]`` (text as sent), ``stage_times[stage]`` (batch seconds / batch size) and
     ``token_counts[stage + "_prompt" / "_new"]``.
     """
     t0 = time.perf_counter()
-    batch = model.prepare(images, list(prompts))
+    batch = model.prepare(images, list(prompts), system=system)
     gen = model.generate(batch, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
     dt = (time.perf_counter() - t0) / len(traces)
     for i, tr in enumerate(traces):
@@ -79,12 +81,19 @@ class _PromptBaseline:
 
     name = "baseline"
 
-    def __init__(self, model: MLLM, *, generate_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: MLLM, *, generate_kwargs: dict[str, Any] | None = None,
+                 system: str | None = None) -> None:
         self.model = model
         self.generate_kwargs = dict(generate_kwargs or {})
+        self.system = system
 
     def _config(self) -> dict[str, Any]:
         return {}
+
+    def _generate(self, traces: list[MoRASTrace], images: Sequence[ImageInput] | None, prompts: Sequence[str],
+                  stage: str, max_new_tokens: int) -> list[str]:
+        return generate_stage(self.model, traces, images, prompts, stage, max_new_tokens, self.generate_kwargs,
+                              self.system)
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
         raise TypeError(f"{type(self).__name__} must implement _answer_batch")  # pragma: no cover
@@ -107,8 +116,7 @@ class NoDefence(_PromptBaseline):
     name = "none"
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
-        answers = generate_stage(self.model, traces, images, [t.question for t in traces], "answer", max_new_tokens,
-                                 self.generate_kwargs)
+        answers = self._generate(traces, images, [t.question for t in traces], "answer", max_new_tokens)
         for tr, a in zip(traces, answers):
             tr.answer = a
 
@@ -129,8 +137,8 @@ class AdaShieldS(_PromptBaseline):
     name = "adashield"
 
     def __init__(self, model: MLLM, *, prompt: str = ADASHIELD_S_PROMPT, position: str = "append", sep: str = " ",
-                 generate_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__(model, generate_kwargs=generate_kwargs)
+                 generate_kwargs: dict[str, Any] | None = None, system: str | None = None) -> None:
+        super().__init__(model, generate_kwargs=generate_kwargs, system=system)
         adashield_prompt("", prompt, position, sep)  # validates position
         self.prompt, self.position, self.sep = prompt, position, sep
 
@@ -139,7 +147,7 @@ class AdaShieldS(_PromptBaseline):
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
         texts = [adashield_prompt(t.question, self.prompt, self.position, self.sep) for t in traces]
-        answers = generate_stage(self.model, traces, images, texts, "answer", max_new_tokens, self.generate_kwargs)
+        answers = self._generate(traces, images, texts, "answer", max_new_tokens)
         for tr, x, a in zip(traces, texts, answers):
             tr.reformulated, tr.answer = x, a
 
@@ -157,8 +165,8 @@ class ECSO(_PromptBaseline):
 
     def __init__(self, model: MLLM, *, caption_prompt: str = ECSO_CAPTION_PROMPT,
                  answer_template: str = ECSO_ANSWER_TEMPLATE, max_caption_tokens: int = 40,
-                 generate_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__(model, generate_kwargs=generate_kwargs)
+                 generate_kwargs: dict[str, Any] | None = None, system: str | None = None) -> None:
+        super().__init__(model, generate_kwargs=generate_kwargs, system=system)
         if "{caption}" not in answer_template or "{question}" not in answer_template:
             raise ValueError("answer_template must contain {caption} and {question}, e.g. '{caption} {question}'.")
         if max_caption_tokens < 1:
@@ -172,10 +180,9 @@ class ECSO(_PromptBaseline):
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
         cap_prompts = [self.caption_prompt.replace("{question}", t.question) for t in traces]
-        captions = generate_stage(self.model, traces, images, cap_prompts, "caption", self.max_caption_tokens,
-                                  self.generate_kwargs)
+        captions = self._generate(traces, images, cap_prompts, "caption", self.max_caption_tokens)
         texts = [self.answer_template.format(caption=c.strip(), question=t.question) for c, t in zip(captions, traces)]
-        answers = generate_stage(self.model, traces, None, texts, "answer", max_new_tokens, self.generate_kwargs)
+        answers = self._generate(traces, None, texts, "answer", max_new_tokens)
         for tr, c, x, a in zip(traces, captions, texts, answers):
             tr.visual_context, tr.reformulated, tr.answer = c, x, a
 

@@ -51,7 +51,7 @@ def eos_ids(model: MLLM) -> list[int]:
 def valid_steps(new_tokens: torch.Tensor, n_steps: int, eos: Sequence[int]) -> torch.Tensor:
     """bool [b, n_steps]: step t exists iff none of ``new_tokens[:, :t]`` is an EOS id (columns past the
     generated length are invalid: every row had stopped)."""
-    b, length = new_tokens.shape
+    b = new_tokens.shape[0]
     toks = new_tokens[:, :n_steps].cpu()
     is_eos = torch.isin(toks, torch.tensor(list(eos), dtype=toks.dtype)) if eos else torch.zeros_like(toks, dtype=torch.bool)
     before = torch.cat([torch.zeros(b, 1, dtype=torch.long), is_eos.long().cumsum(1)[:, :-1]], 1)
