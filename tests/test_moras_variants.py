@@ -65,7 +65,7 @@ def moras_logits(hf, moras: MoRAS, image, question: str) -> tuple[list[int], tor
     logits = []
     h = hf.register_forward_hook(lambda m, a, o: logits.append(o.logits[0, -1].clone()))
     try:
-        (tr,) = moras.run([image], [question], max_new_tokens=NEW, batch_size=1, progress=False)
+        moras.run([image], [question], max_new_tokens=NEW, batch_size=1, progress=False)
     finally:
         h.remove()
     lg = torch.stack(logits[-NEW:])

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from moras_interp.models.batch import ImageInput
-from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _n_new
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prompts import ADASHIELD_S_PROMPT, ECSO_CAPTION_PROMPT
 from moras_interp.moras.prototype import UnsafePrototype
+from moras_interp.moras.states import eos_ids, n_generated
 from moras_interp.moras.trace import MoRASTrace
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def generate_stage(model: MLLM, traces: Sequence[MoRASTrace], images: Sequence[I
         tr.prompts[stage] = batch.texts[i]
         tr.stage_times[stage] = dt
         tr.token_counts[f"{stage}_prompt"] = int(batch.inputs["attention_mask"][i].sum())
-        tr.token_counts[f"{stage}_new"] = _n_new(gen.new_tokens[i], model.tokenizer)
+        tr.token_counts[f"{stage}_new"] = n_generated(gen.new_tokens[i], model.tokenizer, eos_ids(model))
     return gen.texts
 
 

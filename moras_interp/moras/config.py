@@ -88,6 +88,10 @@ class MoRASConfig:
             setattr(base, k, v)
         return base
 
+    def prototype_hooks(self) -> tuple[str, ...]:
+        """The hooks a prototype needs: the final norm (stage 2) and the interpolation targets."""
+        return tuple(dict.fromkeys((FINAL, *(self.steer_hooks if self.steer_mode == "interpolate" else ()))))
+
     def check(self) -> None:
         """Raises ``ValueError`` naming the bad option."""
         if self.n_tokens < 1:

@@ -19,7 +19,7 @@ import torch
 
 from moras_interp.atomic import atomic_write_text
 from moras_interp.moras.baselines import ECSO, AdaShieldS, FixedSteering, Method, NoDefence
-from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _proto_hooks
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prompts import CONTEXT_PROMPT, ECSO_CAPTION_PROMPT
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import PRESETS, Calibration
@@ -121,7 +121,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         proto = UnsafePrototype.load(proto_p)
     else:
         proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
-                                      progress=progress, system=cfg.system, eos=cfg.stage2_eos, hooks=_proto_hooks(cfg))
+                                      progress=progress, system=cfg.system, eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         if proto_p is not None:
             proto.save(proto_p)
     if cal_p is not None and cal_p.exists():

@@ -22,6 +22,7 @@ from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import Calibration
 from moras_interp.moras.scoring import SCORE_MAX, similarity
 from moras_interp.moras.states import FINAL, eos_ids, step_states
+from moras_interp.moras.states import n_generated as _n_new
 from moras_interp.moras.steering import interpolate_towards, steering_targets
 from moras_interp.moras.trace import MoRASTrace
 from moras_interp.moras.variants import direction_steering, stage_images
@@ -67,18 +68,6 @@ def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[
 
 
 _examples = unpack_examples  # the old private name, still imported by tests
-
-
-def _n_new(new_tokens: torch.Tensor, tokenizer: Any, eos: Sequence[int] | None = None) -> int:
-    """Generated tokens of one row up to and including the first EOS (any of ``eos``, default the tokenizer's);
-    padding after it is not counted."""
-    stops = set(eos) if eos else {tokenizer.eos_token_id} - {None}
-    ids = new_tokens.tolist()
-    first = next((j for j, x in enumerate(ids) if x in stops), None)
-    if first is not None:
-        return first + 1
-    pad = tokenizer.pad_token_id
-    return sum(1 for x in ids if pad is None or x != pad)
 
 
 class MoRAS:
@@ -143,7 +132,7 @@ class MoRAS:
                              f"{len(ys) - sum(ys)} safe examples (labels 'unsafe'/'safe').")
         proto = prototype or UnsafePrototype.build(model, list(harmful_text) if harmful_text else None,
                                                    cfg.n_tokens, progress=progress, system=cfg.system,
-                                                   eos=cfg.stage2_eos, hooks=_proto_hooks(cfg))
+                                                   eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         m = cls(model, proto, Calibration(0.0, 1.0), cfg)
         traces = m.assess(ims, qs, batch_size=batch_size, progress=progress)
         m.calibration = Calibration.fit([t.similarity for t in traces], ys, method=method, s_max=SCORE_MAX[cfg.score])
@@ -307,7 +296,3 @@ class MoRAS:
             self._stage3(tr, ims, self._strength(s, len(tr)), max_new_tokens)
         return traces
 
-
-def _proto_hooks(cfg: MoRASConfig) -> tuple[str, ...]:
-    """The hooks a prototype needs for ``cfg``: the final norm (stage 2) and the interpolation targets."""
-    return tuple(dict.fromkeys((FINAL, *(cfg.steer_hooks if cfg.steer_mode == "interpolate" else ()))))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,6 +46,18 @@ def eos_ids(model: MLLM) -> list[int]:
         e = model.tokenizer.eos_token_id
     ids = [e] if isinstance(e, int) else list(e or [])
     return [int(x) for x in ids]
+
+
+def n_generated(new_tokens: torch.Tensor, tokenizer: Any, eos: Sequence[int] | None = None) -> int:
+    """Generated tokens of one row [new] up to and including the first EOS (any of ``eos``, default the
+    tokenizer's); padding after it is not counted."""
+    stops = set(eos) if eos else {tokenizer.eos_token_id} - {None}
+    ids = new_tokens.tolist()
+    first = next((j for j, x in enumerate(ids) if x in stops), None)
+    if first is not None:
+        return first + 1
+    pad = tokenizer.pad_token_id
+    return sum(1 for x in ids if pad is None or x != pad)
 
 
 def valid_steps(new_tokens: torch.Tensor, n_steps: int, eos: Sequence[int]) -> torch.Tensor:
