@@ -83,7 +83,8 @@ def _provenance(model: MLLM, calibration: Any, harmful_prompts: Sequence[str] | 
     prompts = "default" if not harmful_prompts else \
         "sha1 " + hashlib.sha1("\n".join(harmful_prompts).encode()).hexdigest()[:12]
     return {"model": model.model_id, "n_tokens": cfg.n_tokens, "gamma": cfg.gamma, "calibration": cal, "fit": fit,
-            "fixed_r": str(fixed_r), "harmful_prompts": prompts}
+            "fixed_r": str(fixed_r), "harmful_prompts": prompts, "system": cfg.system or "",
+            "stage2_eos": cfg.stage2_eos, "score": cfg.score, "prototype_hooks": list(cfg.prototype_hooks())}
 
 
 def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any], out: str | Path | None = None,

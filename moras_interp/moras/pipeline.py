@@ -188,7 +188,7 @@ class MoRAS:
         top = probs.topk(min(cfg.top_k, probs.shape[-1]), dim=-1)
         dt = (time.perf_counter() - t0) / len(traces)
         if cfg.keep_attention:
-            self._stage2_attention(traces, images, batch)
+            self._stage2_attention(traces, self._images("risk", images), batch)
         tok = self.model.tokenizer
         for i, tr in enumerate(traces):
             steps = int(valid[i].sum())
@@ -210,7 +210,7 @@ class MoRAS:
             self._stage1(traces, images)
         return self._stage2(traces, images)
 
-    def _stage2_attention(self, traces: list[MoRASTrace], images: list[Any], batch: Any) -> None:
+    def _stage2_attention(self, traces: list[MoRASTrace], images: list[Any] | None, batch: Any) -> None:
         from moras_interp.attention.trace import cross_modal_attention
 
         with self._edits("risk", batch):
