@@ -198,9 +198,9 @@ class FixedSteering:
         self.r = float(r)
         self.moras = MoRAS(model, prototype, None, config, fixed_r=self.r, **overrides)
 
-    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int = 64,
+    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int | None = None,
             batch_size: int = 8, progress: bool = True) -> list[MoRASTrace]:
-        """See :meth:`MoRAS.run`; every trace has ``risk == r``."""
+        """See :meth:`MoRAS.run` (``max_new_tokens`` defaults to the config's); every trace has ``risk == r``."""
         check_queries(images, questions, batch_size)
         return self.moras.run(images, questions, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               progress=progress)
