@@ -219,12 +219,14 @@ def test_prepare_moras_preset_refused_unless_forced(setup):
     from moras_interp.moras import build_methods, prepare_moras
 
     _, _, model, _ = setup
-    setup_ = prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False,
-                           force_preset=False)
+    with pytest.warns(UserWarning, match="may not transfer"):  # the preset's model is not this one
+        setup_ = prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False,
+                               force_preset=False)
     with pytest.raises(ValueError, match="--force-preset"):
         build_methods(model, ["moras"], setup_)
-    forced = prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False,
-                           force_preset=True)
+    with pytest.warns(UserWarning, match="may not transfer"):
+        forced = prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False,
+                               force_preset=True)
     assert forced.calibration.forced and "moras" in build_methods(model, ["moras"], forced)
 
 
