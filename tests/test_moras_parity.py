@@ -68,7 +68,9 @@ def np_softmax(z: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference_prototype(setup):
     hf, proc, _, _ = setup
-    return torch.stack([hf_generate(hf, proc, p, None, N, N)[2][:N] for p in HARMFUL]).mean(0)
+    states = [hf_generate(hf, proc, p, None, N)[2] for p in HARMFUL]  # stops at EOS, as the authors' code
+    assert all(len(s) == N for s in states)  # no early EOS here (tests/test_moras_authors.py covers it)
+    return torch.stack(states).mean(0)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,8 @@ def test_similarity_and_risk_equal_formula_from_hf_states(setup, batched_run, re
         assert tr.prompts["context"] == render(proc, CONTEXT, True)
         assert tr.reformulated == f"{ctx} {q}"
         assert tr.prompts["risk"] == render(proc, SAFETY + f"{ctx} {q}", True)
-        _, new2, h = hf_generate(hf, proc, SAFETY + f"{ctx} {q}", im, N, N)
+        _, new2, h = hf_generate(hf, proc, SAFETY + f"{ctx} {q}", im, N)
+        assert len(h) == N and tr.stage2_steps == N
         assert tr.stage2_tokens == [proc.tokenizer.decode([int(t)]) for t in new2[:N]]
         qd = (np_softmax(h[:N].double().numpy() @ w.T) * decay[:, None]).sum(0)
         s = float(qd @ p / (np.linalg.norm(qd) * np.linalg.norm(p)))

@@ -112,11 +112,24 @@ def test_cli_with_jsonl_file_preset_calibration_and_errors(tmp_path, capsys):
     assert "needs --calibration" in capsys.readouterr().err
     assert main([*base, "--methods", "none,foo", "--out", str(tmp_path / "a")]) == 2
     assert main([*base, "--methods", "none,moras,fixed", "--calibration", "llava-1.5-7b", "--out",
+                 str(tmp_path / "p")]) == 2  # the preset was fitted with the authors' prompts and system message
+    assert "--force-preset" in capsys.readouterr().err
+    assert main([*base, "--methods", "none,moras,fixed", "--calibration", "llava-1.5-7b", "--force-preset", "--out",
                  str(tmp_path / "b")]) == 0
     table = pd.read_csv(tmp_path / "b" / "results.csv")
     assert list(table["method"]) == ["none", "moras", "fixed"] and (table["n"] == 4).all()
     setup = json.loads((tmp_path / "b" / "calibration.json").read_text())
     assert (setup["calibration"]["x0"], setup["calibration"]["k"]) == (0.712, 15.955) and setup["fixed_r"] == 0.5
+    # --setup authors: the conv_llava_v1 system message in every stage; --system overrides it
+    sys_text = ("A chat between a curious human and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+    for extra, out_name, expected in (([], "c", sys_text), (["--system", "none"], "d", None),
+                                      (["--system", "Be brief."], "e", "Be brief.")):
+        assert main([*base, "--methods", "none", "--setup", "authors", *extra, "--out", str(tmp_path / out_name)]) == 0
+        run = json.loads((tmp_path / out_name / "run.json").read_text())
+        assert run["system"] == expected and run["setup_name"] == "authors" and run["max_new_tokens"] == 3
+        rec = json.loads((tmp_path / out_name / "records.jsonl").read_text().splitlines()[0])
+        assert rec["prompts"]["answer"].startswith(expected or "USER:")  # the baseline sends it too
     with pytest.raises(FileNotFoundError, match="Data file not found"):
         load_examples(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="needs --image-root"):

@@ -4,10 +4,12 @@ Example (the shipped organism, its held-out generator, CPU, about a minute)::
 
     moras-interp moras --model toy-llava --data toy --methods none,moras,fixed,adashield,ecso --out out/moras
 
-A real model with user files::
+A real model with user files, as the authors run it (conv_llava_v1 system message, 512 answer tokens, their
+50 prototype prompts brought as a file, their LLaVA-1.5 constants)::
 
-    moras-interp moras --model llava-hf/llava-1.5-7b-hf --device cuda --dtype bfloat16 \\
-        --data figstep.csv --format figstep --image-root figstep/images --calibration llava-1.5-7b --out out/fs
+    moras-interp moras --setup authors --model llava-hf/llava-1.5-7b-hf --device cuda --dtype bfloat16 \\
+        --data figstep.csv --format figstep --image-root figstep/images \\
+        --harmful-prompts authors_prompts.txt --calibration llava-1.5-7b --out out/fs
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
+from moras_interp.eval.judge import JUDGES
 
 
 def _is_toy(args: argparse.Namespace) -> bool:
@@ -37,11 +40,26 @@ def _check_out(args: argparse.Namespace, names: list[str], ids: list[str]) -> No
         done = RecordStore(records).done()
         finished = all((m, i) in done for m in names for i in ids)
     has_records = records.is_file() and records.stat().st_size > 0
+    cfg = config_from_args(args)
     cheap = {"model": args.model, "data": str(args.data), "format": args.format,
-             "max_new_tokens": args.max_new_tokens, "n_tokens": args.n_tokens, "gamma": args.gamma,
+             "max_new_tokens": cfg.max_new_tokens, "n_tokens": cfg.n_tokens, "gamma": cfg.gamma,
              "judge": args.judge}
     check_out_dir(out, may_be_read_only=finished, run_info=cheap if has_records else None,
                   overwrite=bool(getattr(args, "overwrite", False)))
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`MoRASConfig` of ``--setup`` with every explicitly given option applied on top."""
+    from moras_interp.moras.config import SETUPS, resolve_system
+
+    cfg = SETUPS[args.setup]()
+    for name in ("n_tokens", "gamma", "stage2_eos", "score", "mapping", "max_new_tokens"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.system is not None:
+        cfg.system = resolve_system(args.system)
+    cfg.check()
+    return cfg
 
 
 def method_names(args: argparse.Namespace) -> list[str]:
@@ -65,14 +83,13 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
     The prototype and calibration are fitted (or reloaded) in ``out``; ``calibration`` (labelled examples)
     replaces ``--calibration``. Returns (methods, judge, run info).
     """
-    from moras_interp.eval.judge import KeywordJudge
+    from moras_interp.eval.judge import make_judge
     from moras_interp.moras.examples import load_examples
     from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT, build_methods, prepare_moras
-    from moras_interp.moras.pipeline import MoRASConfig
     from moras_interp.moras.prompts import ECSO_CAPTION_PROMPT
     from moras_interp.moras.prototype import read_prompt_file
 
-    cfg = MoRASConfig(n_tokens=args.n_tokens, gamma=args.gamma)
+    cfg = config_from_args(args)
     setup = None
     if any(m in ("moras", "fixed") for m in names):
         cal_spec: object = calibration if calibration is not None else args.calibration
@@ -88,7 +105,7 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
         fixed = args.fixed_r if args.fixed_r == "auto" else float(args.fixed_r)
         setup = prepare_moras(model, calibration=cal_spec, out=out, harmful_prompts=prompts,  # type: ignore[arg-type]
                               fit=args.calibration_method, fixed_r=fixed, config=cfg, batch_size=args.batch_size,
-                              progress=not args.quiet)
+                              progress=not args.quiet, force_preset=args.force_preset)
         c = setup.calibration
         print(f"calibration: x0={c.x0:.4f} k={c.k:.3f} ({c.method}"
               + (f", AUROC {c.auroc:.3f}, operating point TPR {c.tpr:.2f} / FPR {c.fpr:.2f}" if c.auroc is not None else "")
@@ -96,9 +113,11 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
     caption = args.ecso_caption_prompt or (TOY_ECSO_CAPTION_PROMPT if _is_toy(args) else ECSO_CAPTION_PROMPT)
     methods = build_methods(model, names, setup, config=cfg, ecso_caption_prompt=caption,
                             adashield_position=args.adashield_position)
-    judge = KeywordJudge(match_prefix_only=args.judge == "prefix")
-    info = {"model": args.model, "methods": names, "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size, "n_tokens": args.n_tokens, "gamma": args.gamma, "judge": args.judge,
+    judge = make_judge(args.judge)
+    info = {"model": args.model, "methods": names, "max_new_tokens": cfg.max_new_tokens,
+            "batch_size": args.batch_size, "n_tokens": cfg.n_tokens, "gamma": cfg.gamma, "judge": args.judge,
+            "setup_name": args.setup, "system": cfg.system, "stage2_eos": cfg.stage2_eos, "score": cfg.score,
+            "mapping": cfg.mapping,
             "ecso_caption_prompt": caption, "setup": setup.to_dict() if setup is not None else None}
     return methods, judge, info
 
@@ -115,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     methods, judge, info = methods_from_args(args, model, names, out)
     info |= {"data": str(args.data), "format": args.format, "limit": args.limit}
-    res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=info["max_new_tokens"],
                    judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info)
     print(res.markdown())
     if res.n_run == 0 and not os.access(out, os.W_OK):
@@ -130,20 +149,33 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="none,moras,fixed,adashield,ecso",
                    help="comma-separated: none, moras, fixed, adashield, ecso")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--setup", default="ours", choices=["ours", "authors"],
+                   help="named configuration: 'ours' (project defaults) or 'authors' (snumprlab/moras: conv_llava_v1 "
+                        "system message, 512 answer tokens); the options below override it")
+    p.add_argument("--system", default=None,
+                   help="system prompt in every stage: llava_v1 (conv_llava_v1's), none, or the text itself")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer tokens (default: 64 ours, 512 authors)")
     p.add_argument("--calibration", default=None,
                    help="preset (llava-1.5-7b, llava-1.5-13b), a labelled .jsonl/.csv file, or 'toy' (default for the organism)")
+    p.add_argument("--force-preset", action="store_true",
+                   help="apply a preset although the prototype was built from other prompts / another system prompt")
     p.add_argument("--calibration-method", default="official", choices=["official", "logistic"])
     p.add_argument("--calibration-n", type=int, default=20, help="per class, for --calibration toy")
     p.add_argument("--harmful-prompts", default=None, help="prototype prompts file (.txt one per line, or .json list)")
     p.add_argument("--fixed-r", default="auto",
                    help="r of the fixed-strength baseline, or 'auto' = mean calibrated r of the unsafe calibration queries")
-    p.add_argument("--n-tokens", type=int, default=3, help="N: steps scored in stage 2 and steered in stage 3")
-    p.add_argument("--gamma", type=float, default=0.3, help="decay γ of the stage-2 distributions")
+    p.add_argument("--n-tokens", type=int, default=None, help="N: steps scored in stage 2 and steered in stage 3 (3)")
+    p.add_argument("--gamma", type=float, default=None, help="decay γ of the stage-2 distributions (0.3)")
+    p.add_argument("--stage2-eos", default=None, choices=["stop", "block"],
+                   help="stage 2 and prototype: stop at EOS (the authors', default) or block EOS until N tokens")
+    p.add_argument("--score", default=None, choices=["cosine", "kl", "ce"], help="stage-2 score (default cosine)")
+    p.add_argument("--mapping", default=None, choices=["sigmoid", "linear"], help="score → r (default sigmoid)")
     p.add_argument("--ecso-caption-prompt", default=None, help="ECSO captioning prompt ({question} is substituted)")
     p.add_argument("--adashield-position", default="append", choices=["append", "prepend"])
-    p.add_argument("--judge", default="keyword", choices=["keyword", "prefix"],
-                   help="refusal judge: refusal prefixes + keywords anywhere, or prefixes only")
+    p.add_argument("--judge", default="keyword", choices=sorted(JUDGES),
+                   help="refusal judge (docs/judges.md): keyword = refusal openers in the first two sentences "
+                        "(default), prefix = openers at the start only, xstest = XSTest's matcher, "
+                        "*-legacy = the former judges")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from moras_interp.models.batch import ImageInput
-from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _n_new
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prompts import ADASHIELD_S_PROMPT, ECSO_CAPTION_PROMPT
 from moras_interp.moras.prototype import UnsafePrototype
+from moras_interp.moras.states import eos_ids, n_generated
 from moras_interp.moras.trace import MoRASTrace
 
 if TYPE_CHECKING:
@@ -56,21 +57,23 @@ def check_queries(images: Sequence[ImageInput], questions: Sequence[str], batch_
 
 def generate_stage(model: MLLM, traces: Sequence[MoRASTrace], images: Sequence[ImageInput] | None,
                    prompts: Sequence[str], stage: str, max_new_tokens: int,
-                   generate_kwargs: dict[str, Any] | None = None) -> list[str]:
+                   generate_kwargs: dict[str, Any] | None = None, system: str | None = None) -> list[str]:
     """One batched greedy generation recorded in ``traces`` under ``stage``; returns the decoded outputs.
+
+    ``system``: system prompt of the conversation (``MoRASConfig.system``; the authors' setup sends LLaVA's).
 
     Records ``prompts[stage]`` (text as sent), ``stage_times[stage]`` (batch seconds / batch size) and
     ``token_counts[stage + "_prompt" / "_new"]``.
     """
     t0 = time.perf_counter()
-    batch = model.prepare(images, list(prompts))
+    batch = model.prepare(images, list(prompts), system=system)
     gen = model.generate(batch, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
     dt = (time.perf_counter() - t0) / len(traces)
     for i, tr in enumerate(traces):
         tr.prompts[stage] = batch.texts[i]
         tr.stage_times[stage] = dt
         tr.token_counts[f"{stage}_prompt"] = int(batch.inputs["attention_mask"][i].sum())
-        tr.token_counts[f"{stage}_new"] = _n_new(gen.new_tokens[i], model.tokenizer)
+        tr.token_counts[f"{stage}_new"] = n_generated(gen.new_tokens[i], model.tokenizer, eos_ids(model))
     return gen.texts
 
 
@@ -79,12 +82,19 @@ class _PromptBaseline:
 
     name = "baseline"
 
-    def __init__(self, model: MLLM, *, generate_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: MLLM, *, generate_kwargs: dict[str, Any] | None = None,
+                 system: str | None = None) -> None:
         self.model = model
         self.generate_kwargs = dict(generate_kwargs or {})
+        self.system = system
 
     def _config(self) -> dict[str, Any]:
         return {}
+
+    def _generate(self, traces: list[MoRASTrace], images: Sequence[ImageInput] | None, prompts: Sequence[str],
+                  stage: str, max_new_tokens: int) -> list[str]:
+        return generate_stage(self.model, traces, images, prompts, stage, max_new_tokens, self.generate_kwargs,
+                              self.system)
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
         raise TypeError(f"{type(self).__name__} must implement _answer_batch")  # pragma: no cover
@@ -107,8 +117,7 @@ class NoDefence(_PromptBaseline):
     name = "none"
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
-        answers = generate_stage(self.model, traces, images, [t.question for t in traces], "answer", max_new_tokens,
-                                 self.generate_kwargs)
+        answers = self._generate(traces, images, [t.question for t in traces], "answer", max_new_tokens)
         for tr, a in zip(traces, answers):
             tr.answer = a
 
@@ -129,8 +138,8 @@ class AdaShieldS(_PromptBaseline):
     name = "adashield"
 
     def __init__(self, model: MLLM, *, prompt: str = ADASHIELD_S_PROMPT, position: str = "append", sep: str = " ",
-                 generate_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__(model, generate_kwargs=generate_kwargs)
+                 generate_kwargs: dict[str, Any] | None = None, system: str | None = None) -> None:
+        super().__init__(model, generate_kwargs=generate_kwargs, system=system)
         adashield_prompt("", prompt, position, sep)  # validates position
         self.prompt, self.position, self.sep = prompt, position, sep
 
@@ -139,7 +148,7 @@ class AdaShieldS(_PromptBaseline):
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
         texts = [adashield_prompt(t.question, self.prompt, self.position, self.sep) for t in traces]
-        answers = generate_stage(self.model, traces, images, texts, "answer", max_new_tokens, self.generate_kwargs)
+        answers = self._generate(traces, images, texts, "answer", max_new_tokens)
         for tr, x, a in zip(traces, texts, answers):
             tr.reformulated, tr.answer = x, a
 
@@ -157,8 +166,8 @@ class ECSO(_PromptBaseline):
 
     def __init__(self, model: MLLM, *, caption_prompt: str = ECSO_CAPTION_PROMPT,
                  answer_template: str = ECSO_ANSWER_TEMPLATE, max_caption_tokens: int = 40,
-                 generate_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__(model, generate_kwargs=generate_kwargs)
+                 generate_kwargs: dict[str, Any] | None = None, system: str | None = None) -> None:
+        super().__init__(model, generate_kwargs=generate_kwargs, system=system)
         if "{caption}" not in answer_template or "{question}" not in answer_template:
             raise ValueError("answer_template must contain {caption} and {question}, e.g. '{caption} {question}'.")
         if max_caption_tokens < 1:
@@ -172,10 +181,9 @@ class ECSO(_PromptBaseline):
 
     def _answer_batch(self, traces: list[MoRASTrace], images: list[ImageInput], max_new_tokens: int) -> None:
         cap_prompts = [self.caption_prompt.replace("{question}", t.question) for t in traces]
-        captions = generate_stage(self.model, traces, images, cap_prompts, "caption", self.max_caption_tokens,
-                                  self.generate_kwargs)
+        captions = self._generate(traces, images, cap_prompts, "caption", self.max_caption_tokens)
         texts = [self.answer_template.format(caption=c.strip(), question=t.question) for c, t in zip(captions, traces)]
-        answers = generate_stage(self.model, traces, None, texts, "answer", max_new_tokens, self.generate_kwargs)
+        answers = self._generate(traces, None, texts, "answer", max_new_tokens)
         for tr, c, x, a in zip(traces, captions, texts, answers):
             tr.visual_context, tr.reformulated, tr.answer = c, x, a
 
@@ -190,9 +198,9 @@ class FixedSteering:
         self.r = float(r)
         self.moras = MoRAS(model, prototype, None, config, fixed_r=self.r, **overrides)
 
-    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int = 64,
+    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int | None = None,
             batch_size: int = 8, progress: bool = True) -> list[MoRASTrace]:
-        """See :meth:`MoRAS.run`; every trace has ``risk == r``."""
+        """See :meth:`MoRAS.run` (``max_new_tokens`` defaults to the config's); every trace has ``risk == r``."""
         check_queries(images, questions, batch_size)
         return self.moras.run(images, questions, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               progress=progress)

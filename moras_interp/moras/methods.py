@@ -83,12 +83,14 @@ def _provenance(model: MLLM, calibration: Any, harmful_prompts: Sequence[str] | 
     prompts = "default" if not harmful_prompts else \
         "sha1 " + hashlib.sha1("\n".join(harmful_prompts).encode()).hexdigest()[:12]
     return {"model": model.model_id, "n_tokens": cfg.n_tokens, "gamma": cfg.gamma, "calibration": cal, "fit": fit,
-            "fixed_r": str(fixed_r), "harmful_prompts": prompts}
+            "fixed_r": str(fixed_r), "harmful_prompts": prompts, "system": cfg.system or "",
+            "stage2_eos": cfg.stage2_eos, "score": cfg.score, "prototype_hooks": list(cfg.prototype_hooks())}
 
 
 def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any], out: str | Path | None = None,
                   harmful_prompts: Sequence[str] | None = None, fit: str = "official", fixed_r: float | str = "auto",
-                  config: MoRASConfig | None = None, batch_size: int = 8, progress: bool = True) -> MoRASSetup:
+                  config: MoRASConfig | None = None, batch_size: int = 8, progress: bool = True,
+                  force_preset: bool = False) -> MoRASSetup:
     """Build (or, when ``out`` holds them, reload) the prototype and calibration.
 
     Args:
@@ -98,6 +100,8 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         harmful_prompts: prototype prompts (default: the toy list for the organism, the general list otherwise).
         fixed_r: the fixed-strength baseline's r, or "auto" (see :func:`choose_fixed_r`).
         config: MoRAS options (N, γ, prompts) used for calibration.
+        force_preset: apply a preset although the prototype's prompt set / system prompt are not the ones the
+            preset was fitted with (otherwise MoRAS refuses it, :func:`moras_interp.moras.presets.check_preset`).
     """
     cfg = config or MoRASConfig()
     folder = Path(out) if out is not None else None
@@ -118,7 +122,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         proto = UnsafePrototype.load(proto_p)
     else:
         proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
-                                      progress=progress, system=cfg.system)
+                                      progress=progress, system=cfg.system, eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         if proto_p is not None:
             proto.save(proto_p)
     if cal_p is not None and cal_p.exists():
@@ -133,7 +137,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         if calibration not in PRESETS:
             raise ValueError(f"Unknown calibration preset {calibration!r}; presets: {', '.join(PRESETS)} "
                              "(or pass labelled examples / a labelled file).")
-        cal = Calibration.preset(calibration)
+        cal = Calibration.preset(calibration, force=force_preset)
         if calibration.rsplit("-", 1)[0].replace(".", "") not in model.model_id.lower().replace(".", "").replace("_", "-"):
             warnings.warn(f"Calibration preset {calibration!r} was fitted by the authors on {calibration}; "
                           f"{model.model_id!r} is another model, so (x0, k) may not transfer: fit it on labelled "
@@ -164,13 +168,14 @@ def build_methods(model: MLLM, names: Sequence[str], setup: MoRASSetup | None = 
     if setup is None and any(n in ("moras", "fixed") for n in names):
         raise ValueError("'moras' and 'fixed' need a prototype and calibration: pass setup=prepare_moras(...).")
     out: dict[str, Method] = {}
+    system = (config or MoRASConfig()).system  # every method in the same conversation (authors: conv_llava_v1)
     for n in names:
         if n == "none":
-            out[n] = NoDefence(model)
+            out[n] = NoDefence(model, system=system)
         elif n == "adashield":
-            out[n] = AdaShieldS(model, position=adashield_position)
+            out[n] = AdaShieldS(model, position=adashield_position, system=system)
         elif n == "ecso":
-            out[n] = ECSO(model, caption_prompt=ecso_caption_prompt)
+            out[n] = ECSO(model, caption_prompt=ecso_caption_prompt, system=system)
         elif n == "moras":
             assert setup is not None
             out[n] = MoRAS(model, setup.prototype, setup.calibration, MoRASConfig(**vars(config or MoRASConfig())))

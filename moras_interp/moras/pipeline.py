@@ -1,82 +1,36 @@
-"""The MoRAS pipeline, batched: visual context → risk → first-N steered answer."""
+"""The MoRAS pipeline, batched: visual context → risk → first-N steered answer.
+
+Options live in :class:`~moras_interp.moras.config.MoRASConfig` (``MoRASConfig.authors()`` = the authors' run).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from moras_interp.models.batch import ImageInput
-from moras_interp.moras.prompts import CONTEXT_PROMPT, SAFETY_PROMPT, reformulate, safety_query
+from moras_interp.moras.config import SETUPS, MoRASConfig
+from moras_interp.moras.presets import check_preset
+from moras_interp.moras.prompts import reformulate, safety_query
 from moras_interp.moras.prototype import UnsafePrototype
-from moras_interp.moras.risk import Calibration, similarity
-from moras_interp.moras.states import FINAL, generate_with_states
+from moras_interp.moras.risk import Calibration
+from moras_interp.moras.scoring import SCORE_MAX, similarity
+from moras_interp.moras.states import FINAL, eos_ids, step_states
+from moras_interp.moras.states import n_generated as _n_new
 from moras_interp.moras.steering import interpolate_towards, steering_targets
 from moras_interp.moras.trace import MoRASTrace
+from moras_interp.moras.variants import direction_steering, stage_images
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
 
-
-@dataclass
-class MoRASConfig:
-    """Every switch of the method and its ablations (defaults = the official method).
-
-    Attributes:
-        n_tokens: N, steps scored in stage 2 and steered in stage 3. gamma: decay γ.
-        context_prompt / max_context_tokens: stage 1. use_context: False skips stage 1 (plain question).
-        safety_prompt: stage-2 prefix; None scores the reformulated question alone.
-        fixed_r: steer every query with this strength and skip stages 1–2 (the fixed-strength baseline).
-        risk_mode: "continuous" (r) or "binary" (1 if r ≥ threshold else 0).
-        steer_hooks: where stage 3 steers (the prototype must have states there).
-        top_k: how many stage-2 next-token probabilities to keep. keep_states: keep stage-2 states.
-        keep_attention: also record the exact cross-modal attention of the stage-2 last token, for the
-            reformulated prompt and for the "plain" one (safety prompt + question, no context), in
-            ``trace.attention`` = {"reformulated": CrossModalAttention, "plain": ..., "index": row of this query}.
-        system: system prompt sent in every stage (the prototype must be built with the same); the authors'
-            LLaVA-1.5 code uses ``prompts.LLAVA_V1_SYSTEM`` (its vicuna_v1 conversation), llava-hf's template none.
-        attention_edits: ``moras_interp.attention.interventions`` edits applied in ``attention_edit_stages``
-            ("context", "risk", "answer") — the official code's attention ablations.
-    """
-
-    n_tokens: int = 3
-    gamma: float = 0.3
-    context_prompt: str = CONTEXT_PROMPT
-    max_context_tokens: int = 40
-    use_context: bool = True
-    safety_prompt: str | None = SAFETY_PROMPT
-    fixed_r: float | None = None
-    risk_mode: str = "continuous"
-    threshold: float = 0.5
-    steer_hooks: tuple[str, ...] = (FINAL,)
-    top_k: int = 5
-    keep_states: bool = True
-    keep_attention: bool = False
-    attention_edits: list[Any] = field(default_factory=list)
-    attention_edit_stages: tuple[str, ...] = ("answer",)
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)
-    system: str | None = None
-
-    def check(self) -> None:
-        """Raises ``ValueError`` naming the bad option."""
-        if self.n_tokens < 1:
-            raise ValueError(f"n_tokens must be ≥ 1, got {self.n_tokens}.")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
-        if self.fixed_r is not None and not 0.0 <= self.fixed_r <= 1.0:
-            raise ValueError(f"fixed_r must be in [0, 1] (0 = no steering, 1 = replace by u_t), got {self.fixed_r}.")
-        if self.risk_mode not in ("continuous", "binary"):
-            raise ValueError(f"risk_mode={self.risk_mode!r}: use 'continuous' or 'binary'.")
-        if self.max_context_tokens < 1:
-            raise ValueError(f"max_context_tokens must be ≥ 1, got {self.max_context_tokens}.")
-        bad = sorted(set(self.attention_edit_stages) - {"context", "risk", "answer"})
-        if bad:
-            raise ValueError(f"attention_edit_stages {bad}: use 'context', 'risk' and/or 'answer'.")
+__all__ = ["SETUPS", "MoRAS", "MoRASConfig", "unpack_examples"]
 
 
 _UNSAFE = ("unsafe", "harmful", "1", "true", "yes")
@@ -116,16 +70,6 @@ def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[
 _examples = unpack_examples  # the old private name, still imported by tests
 
 
-def _n_new(new_tokens: torch.Tensor, tokenizer: Any) -> int:
-    """Generated tokens of one row up to and including the first EOS (padding after it is not counted)."""
-    eos = tokenizer.eos_token_id
-    ids = new_tokens.tolist()
-    if eos is not None and eos in ids:
-        return ids.index(eos) + 1
-    pad = tokenizer.pad_token_id
-    return sum(1 for x in ids if pad is None or x != pad)
-
-
 class MoRAS:
     """Risk-adaptive steering (arXiv 2510.13698) on an :class:`MLLM`, batched, every stage recorded."""
 
@@ -141,14 +85,22 @@ class MoRAS:
             setattr(self.config, k, v)
         self.config.check()
         prototype.check(model)
+        if calibration is not None:
+            check_preset(calibration, prototype)
         built = prototype.provenance.get("system")
         if built is not None and (built or None) != self.config.system:
             raise ValueError(f"The prototype was built with system prompt {built!r} but this MoRAS sends "
                              f"{self.config.system!r}: build both with the same (UnsafePrototype.build(..., system=)).")
+        built_eos = prototype.provenance.get("eos")
+        if built_eos is not None and built_eos != self.config.stage2_eos:
+            raise ValueError(f"The prototype was built with eos={built_eos!r} but stage2_eos={self.config.stage2_eos!r}: "
+                             "build it with UnsafePrototype.build(..., eos=config.stage2_eos) (EOS semantics must "
+                             "match on both sides).")
         if prototype.n_tokens != self.config.n_tokens:
             raise ValueError(f"The prototype has N={prototype.n_tokens} steps but n_tokens={self.config.n_tokens}: "
                              "rebuild it with UnsafePrototype.build(model, n_tokens=...).")
-        self.targets = steering_targets(prototype.states, self.config.steer_hooks)
+        self.targets = steering_targets(prototype.states, self.config.steer_hooks) \
+            if self.config.steer_mode == "interpolate" else {}
         self.calibration_traces: list[MoRASTrace] = []
         """Stage 1–2 traces of the calibration pairs (set by :meth:`calibrate`; label, s and fitted r)."""
         if calibration is None and self.config.fixed_r is None:
@@ -164,7 +116,8 @@ class MoRAS:
 
         ``calibration``: (image, question, label) tuples or objects with ``.image``/``.load_image()``, ``.text``
         and ``.label`` ("unsafe"/"safe"); both classes are required. ``method``: "official" (x0 = mean s,
-        k = ln 99 / (1 − x0)) or "logistic". The scored pairs stay in ``calibration_traces``.
+        k = ln 99 / (s_max − x0), s_max = 1 for the cosine) or "logistic". The scored pairs stay in
+        ``calibration_traces``.
         """
         known = {f.name for f in fields(MoRASConfig)}
         unknown = sorted(set(overrides) - known)
@@ -178,12 +131,14 @@ class MoRAS:
             raise ValueError(f"The calibration set needs both classes; got {sum(ys)} unsafe and "
                              f"{len(ys) - sum(ys)} safe examples (labels 'unsafe'/'safe').")
         proto = prototype or UnsafePrototype.build(model, list(harmful_text) if harmful_text else None,
-                                                   cfg.n_tokens, progress=progress, system=cfg.system)
+                                                   cfg.n_tokens, progress=progress, system=cfg.system,
+                                                   eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         m = cls(model, proto, Calibration(0.0, 1.0), cfg)
         traces = m.assess(ims, qs, batch_size=batch_size, progress=progress)
-        m.calibration = Calibration.fit([t.similarity for t in traces], ys, method=method)
+        m.calibration = Calibration.fit([t.similarity for t in traces], ys, method=method, s_max=SCORE_MAX[cfg.score])
         for t, y in zip(traces, ys):
-            t.label, t.risk = ("unsafe" if y else "safe"), float(m.calibration.risk(t.similarity or 0.0))
+            t.label = "unsafe" if y else "safe"
+            t.risk = float(m.calibration.risk(t.similarity or 0.0, cfg.mapping))
         m.calibration_traces = traces
         return m
 
@@ -200,9 +155,13 @@ class MoRAS:
             raise ValueError("MoRAS.run got an empty batch of questions.")
         return tqdm(range(0, n, batch_size), desc=desc, disable=not progress)
 
+    def _images(self, stage: str, images: list[Any]) -> list[Any] | None:
+        return stage_images(images, self.config.image_mode, stage, self.config.image_stages)
+
     def _stage1(self, traces: list[MoRASTrace], images: list[Any]) -> None:
         cfg, t0 = self.config, time.perf_counter()
-        batch = self.model.prepare(images, [cfg.context_prompt] * len(traces), system=cfg.system)
+        batch = self.model.prepare(self._images("context", images), [cfg.context_prompt] * len(traces),
+                                   system=cfg.system)
         with self._edits("context", batch):
             gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
@@ -210,31 +169,34 @@ class MoRAS:
             tr.prompts["context"], tr.visual_context = text, ctx
             tr.stage_times["context"] = dt
             tr.token_counts["context_prompt"] = int(batch.inputs["attention_mask"][i].sum())
-            tr.token_counts["context_new"] = _n_new(gen.new_tokens[i], self.model.tokenizer)
+            tr.token_counts["context_new"] = _n_new(gen.new_tokens[i], self.model.tokenizer, eos_ids(self.model))
 
     def _stage2(self, traces: list[MoRASTrace], images: list[Any]) -> torch.Tensor:
         cfg, t0 = self.config, time.perf_counter()
         for tr in traces:
             tr.reformulated = reformulate(tr.visual_context or "", tr.question) if cfg.use_context else tr.question
-        batch = self.model.prepare(images, [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces],
+        batch = self.model.prepare(self._images("risk", images),
+                                   [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces],
                                    system=cfg.system)
         with self._edits("risk", batch):
-            gen, st = generate_with_states(self.model, batch, cfg.n_tokens)
-        h = st[FINAL]
+            out = step_states(self.model, batch, cfg.n_tokens, eos=cfg.stage2_eos)
+        h, valid = out.states[FINAL], out.valid
         lm_head = self.model.adapter.module(self.model.adapter.lm_head)
-        s = similarity(h, self.prototype.final, lm_head, cfg.gamma)
+        s = similarity(h, self.prototype.final, lm_head, cfg.gamma, valid=valid, score=cfg.score)
         with torch.no_grad():
             probs = torch.softmax(lm_head(h.to(lm_head.weight.device, lm_head.weight.dtype)).float(), -1).cpu()
         top = probs.topk(min(cfg.top_k, probs.shape[-1]), dim=-1)
         dt = (time.perf_counter() - t0) / len(traces)
         if cfg.keep_attention:
-            self._stage2_attention(traces, images, batch)
+            self._stage2_attention(traces, self._images("risk", images), batch)
         tok = self.model.tokenizer
         for i, tr in enumerate(traces):
+            steps = int(valid[i].sum())
             tr.prompts["risk"] = batch.texts[i]
-            tr.stage2_tokens = [tok.decode([int(x)]) for x in gen.new_tokens[i, : cfg.n_tokens]]
+            tr.stage2_tokens = [tok.decode([int(x)]) for x in out.generation.new_tokens[i, :steps]]
             tr.stage2_topk = [[(tok.decode([int(j)]), float(p)) for p, j in zip(top.values[i, t], top.indices[i, t])]
-                              for t in range(cfg.n_tokens)]
+                              for t in range(steps)]
+            tr.stage2_steps = steps
             tr.similarity = float(s[i])
             tr.stage_times["risk"] = dt
             tr.token_counts["risk_prompt"] = int(batch.inputs["attention_mask"][i].sum())
@@ -248,7 +210,7 @@ class MoRAS:
             self._stage1(traces, images)
         return self._stage2(traces, images)
 
-    def _stage2_attention(self, traces: list[MoRASTrace], images: list[Any], batch: Any) -> None:
+    def _stage2_attention(self, traces: list[MoRASTrace], images: list[Any] | None, batch: Any) -> None:
         from moras_interp.attention.trace import cross_modal_attention
 
         with self._edits("risk", batch):
@@ -265,18 +227,27 @@ class MoRAS:
         if cfg.fixed_r is not None:
             return torch.full((n,), float(cfg.fixed_r))
         assert self.calibration is not None and s is not None
-        r = self.calibration.risk(s)
+        r = self.calibration.risk(s, cfg.mapping)
         if cfg.risk_mode == "binary":
             r = (r >= cfg.threshold).float()
         elif cfg.risk_mode != "continuous":
             raise ValueError(f"risk_mode={cfg.risk_mode!r}: use 'continuous' or 'binary'.")
         return r
 
+    def _steering(self, r: torch.Tensor, batch: Any, norms: list[torch.Tensor]) -> Any:
+        cfg = self.config
+        if not bool((r != 0).any()):
+            return nullcontext()
+        if cfg.steer_mode == "direction":
+            return direction_steering(self.model, cfg.direction, r * cfg.direction_scale, cfg.n_tokens, batch.layouts)
+        return interpolate_towards(self.model, self.targets, r, norms=norms)
+
     def _stage3(self, traces: list[MoRASTrace], images: list[Any], r: torch.Tensor, max_new_tokens: int) -> None:
         t0 = time.perf_counter()
-        batch = self.model.prepare(images, [t.question for t in traces], system=self.config.system)
+        batch = self.model.prepare(self._images("answer", images), [t.question for t in traces],
+                                   system=self.config.system)
         norms: list[torch.Tensor] = []
-        steer = interpolate_towards(self.model, self.targets, r, norms=norms) if bool((r != 0).any()) else nullcontext()
+        steer = self._steering(r, batch, norms)
         with steer, self._edits("answer", batch):
             gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
@@ -285,15 +256,16 @@ class MoRAS:
             tr.displacement_norms = [float(n[i]) for n in norms]
             tr.stage_times["answer"] = dt
             tr.token_counts["answer_prompt"] = int(batch.inputs["attention_mask"][i].sum())
-            tr.token_counts["answer_new"] = _n_new(gen.new_tokens[i], self.model.tokenizer)
+            tr.token_counts["answer_new"] = _n_new(gen.new_tokens[i], self.model.tokenizer, eos_ids(self.model))
 
     # ------------------------------------------------------------------ public
     def _new_traces(self, images: Sequence[ImageInput], questions: Sequence[str], method: str) -> list[MoRASTrace]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions.")
         cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.config).items()
-               if k not in ("generate_kwargs", "attention_edits")}  # JSON-native, so traces round-trip
+               if k not in ("generate_kwargs", "attention_edits", "direction")}  # JSON-native, so traces round-trip
         cfg["attention_edits"] = [type(e).__name__ for e in self.config.attention_edits]
+        cfg["direction"] = None if self.config.direction is None else type(self.config.direction).__name__
         return [MoRASTrace(question=q, method=method, config=cfg,
                            image_size=getattr(im, "size", None)) for im, q in zip(images, questions)]
 
@@ -309,9 +281,13 @@ class MoRAS:
                     t.risk = float(r)
         return traces
 
-    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int = 64,
+    def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int | None = None,
             batch_size: int = 8, progress: bool = True) -> list[MoRASTrace]:
-        """All three stages, ``batch_size`` queries at a time; one :class:`MoRASTrace` per query."""
+        """All three stages, ``batch_size`` queries at a time; one :class:`MoRASTrace` per query.
+
+        ``max_new_tokens``: answer length (default ``config.max_new_tokens``: 64 ours, 512 in the authors' setup).
+        """
+        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         method = "fixed_r" if self.config.fixed_r is not None else "moras"
         traces = self._new_traces(images, questions, method)
         for i in self._chunks(len(traces), batch_size, progress, "MoRAS"):
@@ -319,3 +295,4 @@ class MoRAS:
             s = self._risk_stages(tr, ims) if self.config.fixed_r is None else None
             self._stage3(tr, ims, self._strength(s, len(tr)), max_new_tokens)
         return traces
+

@@ -7,14 +7,15 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_bytes
-from moras_interp.moras.states import FINAL, generate_with_states
+from moras_interp.moras.presets import prompt_set_sha256
+from moras_interp.moras.states import FINAL, step_states
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
@@ -56,7 +57,9 @@ class UnsafePrototype:
         states: {hook name: float32 [N, d]}; ``ln_final.hook_normalized`` is the one MoRAS uses.
         prompts: the harmful requests it was built from.
         greedy_tokens: the decoded first N tokens per prompt (what the model does with them).
-        provenance: model id, N, time, etc.
+        provenance: a dict: model id, N, time, ``prompt_sha256`` (:func:`~moras_interp.moras.presets.prompt_set_sha256`
+            of ``prompts``), ``system``, ``source`` ("text", "multimodal" or "tensor"), ``eos`` and ``n_per_step``
+            (how many prompts have step t; with ``eos="stop"`` a prompt that emits EOS early has fewer steps).
     """
 
     states: dict[str, torch.Tensor]
@@ -66,40 +69,78 @@ class UnsafePrototype:
 
     @property
     def n_tokens(self) -> int:
-        return int(self.states[FINAL].shape[0])
+        return int(next(iter(self.states.values())).shape[0]) if FINAL not in self.states else int(self.final.shape[0])
 
     @property
     def final(self) -> torch.Tensor:
         """[N, d] u_t after the final norm."""
+        if FINAL not in self.states:
+            raise ValueError(f"This prototype has no {FINAL!r} states (only {sorted(self.states)}); stage 2 needs them.")
         return self.states[FINAL]
 
     @classmethod
     @torch.no_grad()
     def build(cls, model: MLLM, harmful_prompts: list[str] | None = None, n_tokens: int = 3, *,
-              batch_size: int = 16, hooks: tuple[str, ...] = (FINAL,), progress: bool = True,
-              system: str | None = None) -> UnsafePrototype:
-        """Text-only, chat template, greedy N tokens; u_t = mean over prompts of the last-position state.
+              prompts: str | Path | list[str] | None = None, images: list[Any] | None = None, batch_size: int = 16,
+              hooks: tuple[str, ...] = (FINAL,), progress: bool = True, system: str | None = None,
+              eos: str = "stop") -> UnsafePrototype:
+        """Chat template, greedy N tokens; u_t = mean over prompts that have step t of the last-position state.
 
-        ``harmful_prompts=None`` uses :func:`default_harmful_prompts_for` (the toy list for the shipped organism,
-        the project's general list otherwise). Returns states float32 [N, d] per hook.
+        ``prompts`` (or the older ``harmful_prompts``): a list, or a file (:func:`read_prompt_file`); None uses
+        :func:`default_harmful_prompts_for`. ``images``: one per prompt for a prototype from multimodal harmful
+        queries (default text-only). ``eos="stop"`` (the authors' code): a prompt whose greedy emits EOS before N
+        tokens contributes only to its steps; ``"block"`` forces N tokens. Returns states float32 [N, d] per hook.
         """
-        prompts = default_harmful_prompts_for(model) if harmful_prompts is None else list(harmful_prompts)
-        if not prompts:
+        if prompts is not None and harmful_prompts is not None:
+            raise ValueError("Give the prototype prompts once: prompts= or harmful_prompts=, not both.")
+        given = prompts if prompts is not None else harmful_prompts
+        if isinstance(given, (str, Path)):
+            given = read_prompt_file(given)
+        plist = default_harmful_prompts_for(model) if given is None else list(given)
+        if not plist:
             raise ValueError("UnsafePrototype.build needs at least one harmful prompt.")
+        if images is not None and len(images) != len(plist):
+            raise ValueError(f"{len(images)} images for {len(plist)} prototype prompts: give one image per prompt.")
         hooks = tuple(dict.fromkeys((FINAL, *hooks)))
         sums = {h: torch.zeros(n_tokens, model.d_model, dtype=torch.float64) for h in hooks}
+        counts = torch.zeros(n_tokens, dtype=torch.float64)
         toks: list[str] = []
-        for i in tqdm(range(0, len(prompts), batch_size), desc="unsafe prototype", disable=not progress):
-            chunk = prompts[i : i + batch_size]
-            batch = model.prepare(None, chunk, system=system)
-            gen, st = generate_with_states(model, batch, n_tokens, hooks=hooks)
+        for i in tqdm(range(0, len(plist), batch_size), desc="unsafe prototype", disable=not progress):
+            chunk = plist[i : i + batch_size]
+            batch = model.prepare(None if images is None else images[i : i + batch_size], chunk, system=system)
+            out = step_states(model, batch, n_tokens, hooks=hooks, eos=eos)
             for h in hooks:
-                sums[h] += st[h].double().sum(0)
-            toks += model.tokenizer.batch_decode(gen.new_tokens[:, :n_tokens], skip_special_tokens=True)
-        states = {h: (s / len(prompts)).float() for h, s in sums.items()}
-        prov = {"model_id": model.model_id, "n_tokens": n_tokens, "n_prompts": len(prompts),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or ""}
-        return cls(states, prompts, toks, prov)
+                sums[h] += out.states[h].double().sum(0)  # invalid steps are 0
+            counts += out.valid.double().sum(0)
+            toks += [model.tokenizer.decode(row[: int(v.sum())], skip_special_tokens=True)
+                     for row, v in zip(out.generation.new_tokens[:, :n_tokens], out.valid)]
+        if not bool((counts > 0).all()):
+            raise ValueError(f"No prototype prompt reaches step {int((counts == 0).nonzero()[0])} (all emitted EOS "
+                             f"earlier; prompts per step {counts.int().tolist()}): use fewer n_tokens, other prompts, "
+                             "or eos='block'.")
+        states = {h: (s / counts[:, None]).float() for h, s in sums.items()}
+        prov = {"model_id": model.model_id, "n_tokens": n_tokens, "n_prompts": len(plist),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or "",
+                "prompt_sha256": prompt_set_sha256(plist), "source": "text" if images is None else "multimodal",
+                "eos": eos, "n_per_step": counts.int().tolist(), "hooks": list(hooks)}
+        return cls(states, plist, toks, prov)
+
+    @classmethod
+    def from_tensor(cls, path: str | Path, *, key: str | None = None, hook: str = FINAL,
+                    system: str | None = None, prompt_sha256: str | None = None) -> UnsafePrototype:
+        """A prototype from a user's tensor file: a .safetensors holding one [N, d] tensor (or ``key``), used at
+        ``hook``. ``system`` / ``prompt_sha256`` record how it was made, when known (presets check them)."""
+        tensors = load_file(str(path))
+        if key is None and len(tensors) != 1:
+            raise ValueError(f"{path} holds {sorted(tensors)}: pass key= to choose the [N, d] prototype tensor.")
+        if key is not None and key not in tensors:
+            raise KeyError(f"{path} has no tensor {key!r}; it holds {sorted(tensors)}.")
+        t = tensors[key] if key is not None else next(iter(tensors.values()))
+        if t.ndim != 2:
+            raise ValueError(f"The prototype tensor in {path} has shape {tuple(t.shape)}; expected [N, d].")
+        prov = {"source": "tensor", "file": str(path), "n_tokens": int(t.shape[0]), "system": system or "",
+                "prompt_sha256": prompt_sha256}
+        return cls({hook: t.float().contiguous()}, [], [], prov)
 
     def check(self, model: MLLM) -> None:
         """Raises when the prototype does not fit ``model`` (hidden size) or holds non-finite values."""

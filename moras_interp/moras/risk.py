@@ -1,7 +1,7 @@
-"""MoRAS risk: γ-decayed next-token distributions compared with the unsafe prototype's, then a sigmoid.
+"""MoRAS risk: the stage-2 score s (:mod:`moras_interp.moras.scoring`) mapped to a strength r.
 
-    q_t = softmax(W h_t),  p_t = softmax(W u_t),  Q = Σ_t γ^t q_t,  P = Σ_t γ^t p_t
-    s = cos(P, Q),          r = 1 / (1 + exp(−k (s − x0)))
+    r = 1 / (1 + exp(−k (s − x0)))                      mapping="sigmoid" (the paper)
+    r = clip(0.5 + k (s − x0) / 4, 0, 1)                 mapping="linear": the sigmoid's tangent at x0
 """
 
 from __future__ import annotations
@@ -13,31 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moras_interp.activations.separability import auroc
+from moras_interp.moras.scoring import SCORE_MAX, decayed_distribution, similarity
 
-
-@torch.no_grad()
-def decayed_distribution(states: torch.Tensor, lm_head: torch.nn.Module, gamma: float) -> torch.Tensor:
-    """Σ_t γ^t softmax(W h_t). states: [..., N, d] -> float32 [..., vocab]."""
-    w = lm_head.weight
-    logits = lm_head(states.to(device=w.device, dtype=w.dtype)).float()
-    probs = torch.softmax(logits, dim=-1)
-    n = states.shape[-2]
-    decay = gamma ** torch.arange(n, dtype=torch.float32, device=probs.device)
-    return (probs * decay[:, None]).sum(-2)
-
-
-@torch.no_grad()
-def similarity(states: torch.Tensor, prototype: torch.Tensor, lm_head: torch.nn.Module, gamma: float = 0.3) -> torch.Tensor:
-    """s = cos(P, Q) per example. states: [b, N, d]; prototype: [N, d] -> float32 [b]."""
-    if states.shape[-2:] != prototype.shape:
-        raise ValueError(f"states {tuple(states.shape)} and prototype {tuple(prototype.shape)} disagree on (N, d).")
-    for name, t in (("stage-2 states", states), ("unsafe prototype", prototype)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"The {name} contain NaN/Inf: run the model in float32 or bfloat16 (float16 overflows) "
-                             "and rebuild the prototype with UnsafePrototype.build.")
-    q = decayed_distribution(states, lm_head, gamma)
-    p = decayed_distribution(prototype[None], lm_head, gamma)
-    return torch.nn.functional.cosine_similarity(q, p.expand_as(q), dim=-1).cpu()
+MAPPINGS = ("sigmoid", "linear")
 
 
 @dataclass
@@ -51,6 +29,8 @@ class Calibration:
         n_unsafe, n_safe: calibration set sizes.
         tpr, fpr: the operating point on the calibration set: fraction of unsafe / safe examples with
             r ≥ 0.5 (i.e. s ≥ x0).
+        forced: a preset applied although the prototype's prompt set / system prompt differ from the ones the
+            preset was fitted with (``Calibration.preset(name, force=True)``); see :mod:`moras_interp.moras.presets`.
     """
 
     x0: float
@@ -61,14 +41,20 @@ class Calibration:
     n_safe: int = 0
     tpr: float | None = None
     fpr: float | None = None
+    forced: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.x0) and math.isfinite(self.k)):
             raise ValueError(f"Calibration needs finite x0 and k, got x0={self.x0}, k={self.k}.")
 
-    def risk(self, s: torch.Tensor | float) -> torch.Tensor:
-        """r in (0, 1) for similarity scores s."""
-        return torch.sigmoid(self.k * (torch.as_tensor(s, dtype=torch.float64) - self.x0)).float()
+    def risk(self, s: torch.Tensor | float, mapping: str = "sigmoid") -> torch.Tensor:
+        """r in [0, 1] for scores s: the sigmoid, or (``mapping="linear"``) its tangent at x0 clipped to [0, 1]."""
+        z = self.k * (torch.as_tensor(s, dtype=torch.float64) - self.x0)
+        if mapping == "sigmoid":
+            return torch.sigmoid(z).float()
+        if mapping == "linear":
+            return (0.5 + z / 4).clamp(0.0, 1.0).float()
+        raise ValueError(f"mapping={mapping!r}: use one of {', '.join(MAPPINGS)}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,19 +65,22 @@ class Calibration:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
-    def preset(cls, name: str) -> Calibration:
-        """The official hard-coded constants (LLaVA-1.5 7B / 13B)."""
+    def preset(cls, name: str, *, force: bool = False) -> Calibration:
+        """The official hard-coded constants (LLaVA-1.5 7B / 13B), bound to the prompt set and system prompt they
+        were fitted with: :class:`~moras_interp.moras.pipeline.MoRAS` refuses a prototype built otherwise unless
+        ``force=True`` (:func:`moras_interp.moras.presets.check_preset`)."""
         if name not in PRESETS:
             raise KeyError(f"Unknown preset {name!r}; available: {', '.join(PRESETS)}.")
         x0, k = PRESETS[name]
-        return cls(x0, k, f"preset:{name}")
+        return cls(x0, k, f"preset:{name}", forced=force)
 
     @classmethod
     def fit(cls, scores: Sequence[float] | torch.Tensor, labels: Sequence[bool] | torch.Tensor, *,
-            method: str = "official") -> Calibration:
+            method: str = "official", s_max: float = 1.0) -> Calibration:
         """Fit (x0, k) from similarity scores and labels (True = unsafe).
 
-        ``official``: x0 = mean(s), k = ln(99) / (1 − x0) (so r = 0.99 at s = 1), as the authors did.
+        ``official``: x0 = mean(s), k = ln(99) / (s_max − x0) (so r = 0.99 at s = s_max), as the authors did with
+        the cosine (s_max = 1); for the negated divergences s_max = 0 (``scoring.SCORE_MAX``).
         ``logistic``: maximum-likelihood logistic regression of the label on s (k = slope, x0 = −b / k).
         """
         s = torch.as_tensor(scores, dtype=torch.float64).flatten()
@@ -108,9 +97,10 @@ class Calibration:
         auc = auroc(s, y)
         if method == "official":
             x0 = float(s.mean())
-            if x0 >= 1.0:
-                raise ValueError("mean similarity is 1: the official slope ln 99 / (1 − x0) is undefined.")
-            k = math.log(99.0) / (1.0 - x0)
+            if x0 >= s_max:
+                raise ValueError(f"mean score {x0} reaches s_max = {s_max}: the official slope ln 99 / (s_max − x0) "
+                                 "is undefined (use method='logistic').")
+            k = math.log(99.0) / (s_max - x0)
         elif method == "logistic":
             k, b = _logistic(s, y.double())
             if abs(k) < 1e-12:
@@ -124,7 +114,7 @@ class Calibration:
 
 PRESETS: dict[str, tuple[float, float]] = {
     "llava-1.5-7b": (0.712, 15.955),
-    "llava-1.5-13b": (0.741, 17.811),
+    "llava-1.5-13b": (0.741, 17.811),  # as published; ln 99 / (1 − 0.741) = 17.742 (see presets.PRESET_INFO)
 }
 
 
@@ -141,3 +131,6 @@ def _logistic(s: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, iters: int = 1
         if step.abs().max() < 1e-10:
             break
     return float(w[0]), float(w[1])
+
+
+__all__ = ["MAPPINGS", "PRESETS", "SCORE_MAX", "Calibration", "decayed_distribution", "similarity"]

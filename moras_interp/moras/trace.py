@@ -23,7 +23,8 @@ class MoRASTrace:
         method: "moras", "no_defence", "fixed_r", "adashield_s", "ecso", ...
         prompts: the texts as sent to the model per stage ("context", "risk", "answer"), chat template applied.
         visual_context: stage-1 output; ``reformulated`` = context + " " + question.
-        stage2_tokens: the N greedy stage-2 tokens; ``stage2_topk``: per step, the top-k (token, prob).
+        stage2_tokens: the greedy stage-2 tokens (N, or fewer when EOS came first); ``stage2_topk``: per step,
+            the top-k (token, prob); ``stage2_steps``: how many steps stage 2 has (summed into s).
         similarity: s = cos(P, Q); ``risk``: r actually applied (after binary/fixed variants).
         displacement_norms: ‖r (u_t − h_t)‖ per steered step.
         answer: the final answer; ``stage_times``: seconds per stage (batch time / batch size);
@@ -44,6 +45,7 @@ class MoRASTrace:
     reformulated: str | None = None
     stage2_tokens: list[str] = field(default_factory=list)
     stage2_topk: list[list[tuple[str, float]]] = field(default_factory=list)
+    stage2_steps: int | None = None
     similarity: float | None = None
     risk: float | None = None
     displacement_norms: list[float] = field(default_factory=list)
