@@ -7,11 +7,14 @@
         store.write_shard(k, {hook: acts, "labels": labels})                    # acts [stop - start, d]
     x = store.load(hook)                                                        # [n, d]
 
-On disk: ``root/manifest.json`` (identity fields, dtype, shard size, n_examples, completed shards with
-their sha256) and ``root/shard_{k:05d}.safetensors`` holding ``{hook_name: [n_in_shard, ...]}`` plus
+On disk: ``root/manifest.json`` (identity fields, dtype, shard size, n_examples, label names, completed
+shards with their sha256, and a ``checksum`` of the manifest itself, so a hand-edited manifest is refused) and ``root/shard_{k:05d}.safetensors`` holding ``{hook_name: [n_in_shard, ...]}`` plus
 optional ``labels`` / ``index`` tensors. Every write goes to a temporary file in the same directory, is
 fsynced and moved into place with ``os.replace``; the manifest is rewritten the same way after each shard,
-so a killed run leaves only complete shards behind. ``root=None`` keeps everything in memory.
+so a killed run leaves only complete shards behind. ``root=None`` keeps everything in memory. Opening a
+store checks every shard's header against the manifest (tensor names, dtype, number of examples);
+:meth:`ActivationStore.load` reads only the requested tensor of each shard (``safetensors.safe_open``).
+Writers hold :func:`moras_interp.atomic.folder_lock` on ``root``.
 """
 
 from __future__ import annotations
@@ -30,13 +33,25 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from moras_interp.atomic import atomic_write_bytes
+from moras_interp.readers import ReadError, read_json, read_safetensors
 
 FORMAT = "moras_interp.activation_store/1"
 IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
-OPTIONAL_IDENTITY = ("identity",)   # compared too when either manifest has it (e.g. model/prompt fingerprints)
+OPTIONAL_IDENTITY = ("identity", "n_examples", "label_names")  # compared too (absent on both sides = equal)
 EXTRA_TENSORS = ("labels", "index")
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (without its own ``checksum``)."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class StoreWarning(UserWarning):
@@ -160,33 +175,67 @@ class ActivationStore:
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:
         try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"corrupt activation-store manifest {path}: {e}. Delete the directory to start over.") from e
-        if not isinstance(old, dict):
-            raise ValueError(f"corrupt activation-store manifest {path}: expected a JSON object.")
+            old = read_json(path, what="an activation-store manifest")
+        except ReadError as e:
+            raise ValueError(f"corrupt activation-store manifest {e} Delete the directory to start over.") from e
         missing = [k for k in (*IDENTITY_FIELDS, "shards") if k not in old]
         if missing or not isinstance(old["shards"], dict):
             raise ValueError(f"corrupt activation-store manifest {path}: missing or invalid keys "
                              f"{missing or ['shards']}. Delete the directory to start over.")
+        stored = old.pop("checksum", None)
+        if stored is None:
+            warnings.warn(f"{path} has no checksum (written by an older version): its fields cannot be verified.",
+                          StoreWarning, stacklevel=3)
+        elif stored != _checksum(old):
+            raise ValueError(f"{path} was edited by hand (its content no longer matches its checksum): fields such "
+                             "as n_examples, dtype or label_names would be misread. Restore it, or delete the "
+                             "directory and collect again.")
         return old
 
     def _write_manifest(self) -> None:
         if self.root is not None:
-            _atomic_write(self.root / MANIFEST, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
+            m = self.manifest | {"checksum": _checksum(self.manifest)}
+            _atomic_write(self.root / MANIFEST, (json.dumps(m, indent=1, sort_keys=True) + "\n").encode())
 
     def _verify(self) -> None:
-        """Drop shards whose file is missing or whose sha256 differs from the manifest."""
+        """Drop shards whose file is missing or whose sha256 differs from the manifest; refuse shards whose
+        header disagrees with the manifest (index, tensor names, dtype, number of examples)."""
         for key, info in list(self.manifest["shards"].items()):
-            path = self._shard_path(int(key))
+            path = self._shard_path(int(key)) if str(key).isdigit() else None
+            if path is None or not isinstance(info, dict):
+                raise ValueError(f"{self.root / MANIFEST}: invalid shard entry {key!r}: {info!r}.")
             if not path.exists():
                 problem = "is missing"
             elif hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
                 problem = "does not match its sha256 in the manifest"
             else:
+                self._check_header(int(key), path)
                 continue
             warnings.warn(f"{path} {problem}: shard {key} will be recomputed.", StoreWarning, stacklevel=4)
             del self.manifest["shards"][key]
+
+    def _check_header(self, k: int, path: Path) -> None:
+        from safetensors import safe_open
+
+        if self.n_shards is not None and k >= self.n_shards:
+            raise ValueError(f"{path}: shard {k} lies beyond n_examples={self.manifest['n_examples']} of the "
+                             f"manifest ({self.n_shards} shards): the manifest does not describe these shards.")
+        start, stop = self.shard_range(k)
+        want_dtype = getattr(torch, self.manifest["dtype"])
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            if not set(self.hooks) <= names:
+                raise ValueError(f"{path} lacks hooks {sorted(set(self.hooks) - names)} listed in the manifest.")
+            for name in names:
+                sl = f.get_slice(name)
+                n, dtype = sl.get_shape()[0], sl.get_dtype()
+                if n != stop - start and self.manifest.get("n_examples") is not None:
+                    raise ValueError(f"{path}: {name!r} holds {n} examples but the manifest's n_examples="
+                                     f"{self.manifest['n_examples']} and shard_size={self.shard_size} give "
+                                     f"{stop - start} for shard {k}: the manifest does not describe this store.")
+                if name in self.hooks and _ST_DTYPES.get(dtype) != want_dtype:
+                    raise ValueError(f"{path}: {name!r} is stored as {dtype} but the manifest says "
+                                     f"{self.manifest['dtype']}: the manifest does not describe this store.")
 
     # ---- shards -----------------------------------------------------------------------------------
     hooks = property(lambda self: list(self.manifest["hooks"]), doc="Hook names stored.")
@@ -267,12 +316,14 @@ class ActivationStore:
         self._write_manifest()
         return sha
 
-    def read_shard(self, k: int) -> dict[str, torch.Tensor]:
-        """The tensors of completed shard k."""
+    def read_shard(self, k: int, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors of completed shard k: all, or only ``names`` (only those bytes are read from disk)."""
         if not self.has_shard(k):
             raise KeyError(f"shard {k} has not been written (completed: {self.completed_shards()}).")
-        data = self._memory[k] if self.root is None else self._shard_path(k).read_bytes()
-        return st_load(data)
+        if self.root is not None:
+            return read_safetensors(self._shard_path(k), names)
+        shard = st_load(self._memory[k])
+        return shard if names is None else {n: shard[n] for n in names if n in shard}
 
     def load(self, name: str, *, allow_partial: bool = False) -> torch.Tensor:
         """Tensor ``name`` concatenated over shards in order: [n, ...].
@@ -289,7 +340,10 @@ class ActivationStore:
             raise ValueError("store has no completed shards.")
         parts = []
         for k in done:
-            shard = self.read_shard(k)
+            try:
+                shard = self.read_shard(k, [name])
+            except ReadError as e:
+                raise KeyError(str(e)) from e
             if name not in shard:
                 raise KeyError(f"shard {k} has no {name!r} tensor.")
             parts.append(shard[name])
