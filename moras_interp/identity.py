@@ -54,7 +54,7 @@ BLOCK = 4096
 FULL_HASH_ELEMENTS = 2**25
 """In-memory models with at most this many parameters are hashed completely."""
 IDENTITY_FILE = "identity.json"
-_DROP_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash")
+_DROP_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash", "dtype", "torch_dtype")
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -140,9 +140,17 @@ def _parameter_hash(model: MLLM) -> tuple[str, str]:
     return h.hexdigest(), "parameters (all bytes)" if full else "parameters (64 sampled values per tensor)"
 
 
+def _strip_config(d: Any) -> Any:
+    """The config dict without paths, versions and dtypes (at every nesting level)."""
+    if isinstance(d, dict):
+        return {k: _strip_config(v) for k, v in d.items() if k not in _DROP_CONFIG}
+    return d
+
+
 def model_identity(model: MLLM) -> dict[str, str]:
-    """{"config", "weights", "weights_source", "dtype", "attn", "class"}: what :func:`model_fingerprint` hashes."""
-    cfg = {k: v for k, v in model.hf.config.to_dict().items() if k not in _DROP_CONFIG}
+    """{"config", "weights", "weights_source", "dtype", "attn", "class"}: what :func:`model_fingerprint` hashes
+    (the config without paths, versions and dtypes; the dtype is its own field)."""
+    cfg = _strip_config(model.hf.config.to_dict())
     files = weight_files(model)
     if files:
         h = hashlib.sha256()
@@ -163,6 +171,13 @@ def model_fingerprint(model: MLLM) -> str:
     ident = model_identity(model)
     ident.pop("weights_source")
     return sha256_json(ident)
+
+
+def weights_fingerprint(model: MLLM) -> str:
+    """sha256 (hex) over the model class, config and weights only (not the load dtype or attention
+    implementation): what an unsafe prototype or calibration is tied to."""
+    ident = model_identity(model)
+    return sha256_json({k: ident[k] for k in ("class", "config", "weights")})
 
 
 def processor_fingerprint(processor: Any) -> str:
@@ -192,11 +207,11 @@ def processor_fingerprint(processor: Any) -> str:
 def data_fingerprint(examples: Iterable[Any]) -> str:
     """sha256 (hex) over every example's text, label, region, image content (file bytes or pixels), id and
     ``meta`` (gold answers), in order. Examples: anything :func:`moras_interp.activations.examples.
-    normalise_dataset` accepts."""
+    normalise_dataset` accepts, or (image, text, label) tuples."""
     from moras_interp.activations.examples import examples_fingerprint, normalise_dataset
     from moras_interp.activations.store import dataset_fingerprint
 
-    items = list(examples)
+    items = [dict(zip(("image", "text", "label"), it)) if isinstance(it, (tuple, list)) else it for it in examples]
     extra = [canonical_json({"id": getattr(it, "id", None), "meta": getattr(it, "meta", None)}) for it in items]
     return dataset_fingerprint([examples_fingerprint(normalise_dataset(items)), *extra])
 
@@ -284,50 +299,64 @@ class RunIdentity:
     def fingerprint(self) -> str:
         return sha256_json(self.to_dict())
 
-    def diff(self, other: RunIdentity) -> list[str]:
-        """One line per differing field (nested fields dotted, e.g. ``methods.adashield.position``)."""
-        return flat_diff(self.to_dict(), other.to_dict())
+    def diff(self, other: RunIdentity, merge: Sequence[str] = ()) -> list[str]:
+        """One line per differing field (nested fields dotted, e.g. ``methods.adashield.position``); for the
+        dict fields named in ``merge`` only the keys present on both sides are compared."""
+        old, new = self.to_dict(), other.to_dict()
+        for f in merge:
+            common = set(old[f]) & set(new[f])
+            old[f] = {k: v for k, v in old[f].items() if k in common}
+            new[f] = {k: v for k, v in new[f].items() if k in common}
+        return flat_diff(old, new)
 
 
 def check_or_write(folder: str | os.PathLike, identity: RunIdentity, overwrite: bool = False, *,
-                   artefacts: Sequence[str] = (), name: str = IDENTITY_FILE) -> str:
+                   artefacts: Sequence[str] = (), merge: Sequence[str] = (), name: str = IDENTITY_FILE) -> str:
     """Compare ``identity`` with ``folder/identity.json``; returns "new", "same" or "overwritten".
 
-    Equal → "same" (reuse). Different (or ``artefacts`` present without any identity file, i.e. written by an
-    older version) → :class:`IdentityMismatchError` with the per-field diff, unless ``overwrite``: then the
-    listed ``artefacts`` (files or folders inside ``folder``) are deleted and the new identity is written.
+    Equal → "same" (reuse; the dict fields in ``merge``, e.g. ``methods``, may gain keys, which are added to
+    the stored identity). Different (or ``artefacts`` present without any identity file, i.e. written by an
+    older version or by hand) → :class:`IdentityMismatchError` with the per-field diff and the fix.
+    ``overwrite=True`` deletes the listed ``artefacts`` (files or folders inside ``folder``) and the stored
+    identity first, so the folder starts afresh.
     """
     from moras_interp.readers import read_json
 
     root = Path(folder)
     path = root / name
+    if overwrite:
+        had = [a for a in (*artefacts, name) if (root / a).exists()]
+        for a in had:
+            p = root / a
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _write_identity(path, identity)
+        return "overwritten" if had else "new"
     present = [a for a in artefacts if (root / a).exists()]
     if path.exists():
         old = RunIdentity.from_dict(read_json(path), str(path))
-        diffs = old.diff(identity)
+        diffs = old.diff(identity, merge)
         if not diffs:
+            merged = identity.to_dict()
+            for f in merge:
+                merged[f] = old.to_dict()[f] | merged[f]
+            if merged != old.to_dict():
+                _write_identity(path, RunIdentity.from_dict(merged))
             return "same"
         why = f"{root} holds {old.kind} results of a different run:\n" + "\n".join(diffs)
     elif present:
         why = (f"{root} holds {', '.join(present)} but no {name} (written by an older version or by hand), so "
                "they cannot be matched to this run")
     else:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(identity.to_dict(), indent=1, sort_keys=True))
+        _write_identity(path, identity)
         return "new"
-    if not overwrite:
-        raise IdentityMismatchError(why + "\nReusing them would mix runs: pass --overwrite (overwrite=True) to "
-                                    "discard them, or use a new output folder.")
-    for a in artefacts:
-        p = root / a
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    raise IdentityMismatchError(why + "\nReusing them would mix runs: pass --overwrite (overwrite=True) to "
+                                "discard them, or use a new output folder.")
+
+
+def _write_identity(path: Path, identity: RunIdentity) -> None:
     atomic_write_text(path, json.dumps(identity.to_dict(), indent=1, sort_keys=True))
-    return "overwritten"
 
 
 __all__ = ["IdentityMismatchError", "RunIdentity", "canonical_json", "check_or_write", "data_fingerprint",
            "flat_diff", "model_fingerprint", "model_identity", "package_version", "processor_fingerprint",
-           "sha256_json", "tensors_fingerprint", "weight_files"]
+           "sha256_json", "tensors_fingerprint", "weight_files", "weights_fingerprint"]

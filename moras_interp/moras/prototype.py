@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_bytes
+from moras_interp.identity import weights_fingerprint
 from moras_interp.moras.states import FINAL, generate_with_states
+from moras_interp.readers import read_safetensors, safetensors_metadata
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
@@ -98,11 +100,13 @@ class UnsafePrototype:
             toks += model.tokenizer.batch_decode(gen.new_tokens[:, :n_tokens], skip_special_tokens=True)
         states = {h: (s / len(prompts)).float() for h, s in sums.items()}
         prov = {"model_id": model.model_id, "n_tokens": n_tokens, "n_prompts": len(prompts),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or ""}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or "",
+                "model_fingerprint": weights_fingerprint(model)}
         return cls(states, prompts, toks, prov)
 
     def check(self, model: MLLM) -> None:
-        """Raises when the prototype does not fit ``model`` (hidden size) or holds non-finite values."""
+        """Raises when the prototype does not fit ``model`` (hidden size; another checkpoint, by the
+        ``model_fingerprint`` of its provenance) or holds non-finite values."""
         for hook, t in self.states.items():
             if t.ndim != 2 or t.shape[0] < 1:
                 raise ValueError(f"The unsafe prototype's {hook!r} tensor has shape {tuple(t.shape)}; expected [N, d].")
@@ -113,6 +117,12 @@ class UnsafePrototype:
         if d != model.d_model:
             raise ValueError(f"The unsafe prototype has hidden size {d} but {model.model_id} has {model.d_model}: "
                              "build the prototype with this model (UnsafePrototype.build(model, ...)).")
+        built = self.provenance.get("model_fingerprint")
+        if built is not None and built != weights_fingerprint(model):
+            raise ValueError(f"The unsafe prototype was built on another model than {model.model_id} (built on "
+                             f"{self.provenance.get('model_id')!r}, weights fingerprint {str(built)[:12]}…, this "
+                             f"model {weights_fingerprint(model)[:12]}…; the hidden sizes agree, but its states "
+                             "would invert the risks): build it with this model (UnsafePrototype.build(model, ...)).")
 
     def save(self, path: str | Path) -> Path:
         """One .safetensors file: tensors per hook + JSON metadata (no pickle)."""
@@ -125,12 +135,16 @@ class UnsafePrototype:
 
     @classmethod
     def load(cls, path: str | Path) -> UnsafePrototype:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        states = load_file(str(path))
+        """Read a file written by :meth:`save`; errors name the file (corrupt, pickle, missing tensor/metadata)."""
+        meta = safetensors_metadata(path)
+        states = read_safetensors(path)
         if FINAL not in states:
             raise ValueError(f"{path} holds no {FINAL!r} tensor: not an UnsafePrototype file.")
-        return cls(states, json.loads(meta.get("prompts", "[]")), json.loads(meta.get("greedy_tokens", "[]")),
-                   json.loads(meta.get("provenance", "{}")))
+        try:
+            prompts, toks, prov = (json.loads(meta.get(k, d)) for k, d in
+                                   (("prompts", "[]"), ("greedy_tokens", "[]"), ("provenance", "{}")))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: its metadata is not valid JSON ({e}): not an UnsafePrototype file.") from e
+        if not (isinstance(prompts, list) and isinstance(toks, list) and isinstance(prov, dict)):
+            raise ValueError(f"{path}: metadata prompts/greedy_tokens/provenance have the wrong types.")
+        return cls(states, prompts, toks, prov)
