@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         fixed = args.fixed_r if args.fixed_r == "auto" else float(args.fixed_r)
         setup = prepare_moras(model, calibration=cal_spec, out=out, harmful_prompts=prompts,  # type: ignore[arg-type]
                               fit=args.calibration_method, fixed_r=fixed, config=cfg, batch_size=args.batch_size,
-                              progress=not args.quiet)
+                              progress=not args.quiet, overwrite=args.overwrite)
         c = setup.calibration
         print(f"calibration: x0={c.x0:.4f} k={c.k:.3f} ({c.method}"
               + (f", AUROC {c.auroc:.3f}, operating point TPR {c.tpr:.2f} / FPR {c.fpr:.2f}" if c.auroc is not None else "")
@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
             "n_tokens": args.n_tokens, "gamma": args.gamma, "judge": args.judge, "ecso_caption_prompt": caption,
             "setup": setup.to_dict() if setup is not None else None}
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info)
+                   judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info,
+                   seed=args.seed, overwrite=args.overwrite)
     print(res.markdown())
     print(f"wrote {res.files['csv']}, {res.files['json']} and {len(res.files) - 4} figure files under {out}")
     return 0
@@ -91,7 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", default=None, help="folder of the images referenced by the data file")
     p.add_argument("--methods", default="none,moras,fixed,adashield,ecso",
                    help="comma-separated: none, moras, fixed, adashield, ecso")
-    p.add_argument("--out", required=True, help="results folder (re-running resumes)")
+    p.add_argument("--out", required=True, help="results folder (re-running the same run resumes; another run is "
+                                                "refused with the differences)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the results, prototype and calibration in --out and start afresh")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--max-new-tokens", type=int, default=64)
