@@ -85,7 +85,8 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
     :class:`FolderLockedError` naming the folder and the holder's PID at once, instead of both runs
     appending the same records. The lock dies with its process (a killed run never leaves a stale lock);
     the ``.lock`` file itself stays, holding the last holder's PID. Re-entrant within one thread of one
-    process for the same folder (nested ``folder_lock`` calls share the outer lock).
+    process for the same folder (nested ``folder_lock`` calls share the outer lock). A read-only folder is
+    not locked (nothing can be written to it; a reader may still summarise it).
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,13 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
             _HELD[key] -= 1
         return
     path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (PermissionError, OSError) as e:
+        if os.access(root, os.W_OK) or isinstance(e, FileNotFoundError):
+            raise
+        yield path  # a read-only folder: nothing can write to it, so readers need no lock
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

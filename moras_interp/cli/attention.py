@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.cli.common import add_model_args, model_from_args
 
 
@@ -80,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         payload = {"box": list(box), "heads": str(args.heads), "aggregated": rs.aggregated,
                    "area_share": rs.area_share, "ratio": rs.ratio, "per_layer": rs.per_layer.tolist(),
                    "per_head": rs.per_head.tolist(), "layers": attn.layers}
-        (out / "region_share.json").write_text(json.dumps(payload, indent=1))
+        atomic_write_text(out / "region_share.json", json.dumps(payload, indent=1))
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
     return 0
 

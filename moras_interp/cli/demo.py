@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.cli.common import add_model_args, model_from_args
 
 
@@ -51,8 +52,8 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
     q = [type("Q", (), {"image": im, "question": e.text, "box": tuple(e.region)})() for e, im in zip(qs, imgs)]
     study = attention_study(model, q, contexts=contexts, threshold=0.2, batch_size=8)
     summary = attention_summary(study)
-    study.to_csv(out / "region_share.csv", index=False)
-    summary.to_csv(out / "region_share_summary.csv")
+    atomic_write_text(out / "region_share.csv", study.to_csv(index=False))
+    atomic_write_text(out / "region_share_summary.csv", summary.to_csv())
     files += [out / "region_share.csv", out / "region_share_summary.csv"]
     fig = go.Figure([go.Bar(x=[str(l) for l in summary.index], y=summary[f"ratio ({c})"], name=c)
                      for c in ("plain", "reformulated")])
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     lines += [f"- `moras/{p.name}`" for p in sorted((out / "moras").rglob("*")) if p.is_file() and p.parent == out / "moras"]
     lines += [f"- `moras/figures/{p.name}`" for p in sorted((out / "moras" / "figures").glob("*"))]
     report = out / "README.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     if summary is not None:
         print(summary[["ratio (plain)", "ratio (reformulated)"]].round(2).to_string())
     print(f"\nwrote {report}, heatmaps in {out / 'attention'}, MoRAS results in {out / 'moras'}")

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from moras_interp.atomic import atomic_write_text
+
 TITLE = "toy-llava — model card"
 NOTES = (
     "Reading the numbers: the vulnerability is clean (the same requests are refused as text and answered with "
@@ -42,7 +44,7 @@ def write_card(path: str | Path, sections: dict[str, str], *, title: str = TITLE
     merged.update(sections)
     body = "\n".join(f"## {name}\n\n{text.strip()}\n" for name, text in merged.items())
     p = Path(path)
-    p.write_text(f"# {title}\n\n{body}", encoding="utf-8")
+    atomic_write_text(p, f"# {title}\n\n{body}")
     return p
 
 

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.organisms.build import (
     CHAT_TEMPLATE,
     IMAGE,
@@ -238,7 +239,7 @@ def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | 
         info = asdict(result)
         info["losses"] = [round(x, 5) for x in info["losses"]]
         info["vision_losses"] = [round(x, 5) for x in info["vision_losses"]]
-        (out / "train_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        atomic_write_text(out / "train_info.json", json.dumps(info, indent=1))
     return out
 
 
@@ -248,10 +249,10 @@ def pin_files(out: Path) -> None:
     cfg_path, tok_path = out / "config.json", out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["attn_implementation"] = "eager"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     tok = json.loads(tok_path.read_text(encoding="utf-8"))
     tok["chat_template"] = CHAT_TEMPLATE
-    tok_path.write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(tok_path, json.dumps(tok, indent=2) + "\n")
     (out / "model.safetensors").chmod(0o644)
 
 
