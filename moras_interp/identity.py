@@ -9,15 +9,15 @@ path/version/commit fields, canonical JSON), the parameter dtype, the attention 
 
 * loaded from a local folder of ``*.safetensors`` files (the normal case, also for hub downloads resolved
   to a path): per file its size and the whole JSON header (every tensor's name, dtype, shape and byte
-  offsets); files up to :data:`FULL_HASH_BYTES` are hashed completely; larger files contribute, per
-  tensor, the first and last 4 KiB block of its bytes and :data:`BLOCKS_PER_TENSOR` evenly spaced 4 KiB
+  offsets); files up to :data:`~moras_interp.weights_hash.FULL_HASH_BYTES` are hashed completely; larger files contribute, per
+  tensor, the first and last 4 KiB block of its bytes and :data:`~moras_interp.weights_hash.BLOCKS_PER_TENSOR` evenly spaced 4 KiB
   blocks in between (read with ``pread``, never the whole file). For a 14 GB LLaVA-1.5-7B (≈700 tensors)
   that reads ≈ 28 MB, under a second, and is cached per (file, size, mtime) for the process.
   What this can miss: an edit confined to bytes between the sampled blocks of a large tensor that keeps
   every dtype, shape and offset (e.g. a few hand-edited values); any retraining, fine-tuning, LoRA merge,
   re-quantisation, dtype or shape change touches the sampled blocks or the header and is seen.
 * otherwise (an in-memory model, e.g. ``build_tiny``): every parameter's name, shape and dtype plus all its
-  bytes when the model has at most :data:`FULL_HASH_ELEMENTS` elements, else 64 evenly spaced values
+  bytes when the model has at most :data:`~moras_interp.weights_hash.FULL_HASH_ELEMENTS` elements, else 64 evenly spaced values
   per tensor (misses edits between those values).
 
 **Processor** (:func:`processor_fingerprint`): the tokenizer's full serialisation (``tokenizer.json`` of a
@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,21 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moras_interp import weights_hash
 from moras_interp.atomic import atomic_write_text
+from moras_interp.weights_hash import file_hash, parameter_hash, weight_files
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
 
-FULL_HASH_BYTES = 256 * 2**20
-"""safetensors files up to this size are hashed completely."""
-BLOCKS_PER_TENSOR = 8
-"""Evenly spaced 4 KiB blocks hashed per tensor of a larger file (plus its first and last block)."""
-BLOCK = 4096
-FULL_HASH_ELEMENTS = 2**25
-"""In-memory models with at most this many parameters are hashed completely."""
 IDENTITY_FILE = "identity.json"
 _DROP_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash", "dtype", "torch_dtype")
-_FILE_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class IdentityMismatchError(ValueError):
@@ -80,66 +73,6 @@ def sha256_json(obj: Any) -> str:
 
 
 # ---- model ----------------------------------------------------------------------------------------------
-def _file_hash(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _FILE_CACHE:
-        return _FILE_CACHE[key]
-    h = hashlib.sha256(f"size={st.st_size}".encode())
-    with open(path, "rb") as fh:
-        fd = fh.fileno()
-        if st.st_size <= FULL_HASH_BYTES:
-            for chunk in iter(lambda: fh.read(2**20), b""):
-                h.update(chunk)
-        else:
-            (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
-            header = os.pread(fd, n, 8)
-            h.update(header)
-            base = 8 + n
-            meta = json.loads(header)
-            for name in sorted(k for k in meta if k != "__metadata__"):
-                start, stop = meta[name]["data_offsets"]
-                size = stop - start
-                if size <= BLOCK * (BLOCKS_PER_TENSOR + 2):
-                    offsets = [start]
-                    lengths = [size]
-                else:
-                    step = (size - BLOCK) / (BLOCKS_PER_TENSOR + 1)
-                    offsets = [start + round(i * step) for i in range(BLOCKS_PER_TENSOR + 2)]
-                    lengths = [BLOCK] * len(offsets)
-                for off, ln in zip(offsets, lengths):
-                    h.update(os.pread(fd, ln, base + off))
-    _FILE_CACHE[key] = digest = h.hexdigest()
-    return digest
-
-
-def weight_files(model: MLLM) -> list[Path]:
-    """The ``*.safetensors`` files of the local folder ``model`` was loaded from ([] for in-memory models)."""
-    src = getattr(model.hf.config, "_name_or_path", "") or ""
-    for cand in (src, getattr(model, "model_id", "")):
-        p = Path(str(cand)).expanduser() if cand else None
-        if p is not None and p.is_dir():
-            files = sorted(p.glob("*.safetensors"))
-            if files:
-                return files
-    return []
-
-
-@torch.no_grad()
-def _parameter_hash(model: MLLM) -> tuple[str, str]:
-    params = list(model.hf.named_parameters())
-    full = sum(p.numel() for _, p in params) <= FULL_HASH_ELEMENTS
-    h = hashlib.sha256()
-    for name, p in params:
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:".encode())
-        flat = p.detach().reshape(-1)
-        if not full:
-            idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()
-            flat = flat[idx]
-        h.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest(), "parameters (all bytes)" if full else "parameters (64 sampled values per tensor)"
-
-
 def _strip_config(d: Any) -> Any:
     """The config dict without paths, versions and dtypes (at every nesting level)."""
     if isinstance(d, dict):
@@ -155,11 +88,11 @@ def model_identity(model: MLLM) -> dict[str, str]:
     if files:
         h = hashlib.sha256()
         for f in files:
-            h.update(f"{f.name}:{_file_hash(f)}".encode())
-        big = any(f.stat().st_size > FULL_HASH_BYTES for f in files)
+            h.update(f"{f.name}:{file_hash(f)}".encode())
+        big = any(f.stat().st_size > weights_hash.FULL_HASH_BYTES for f in files)
         weights, source = h.hexdigest(), f"{len(files)} safetensors file(s), {'sampled' if big else 'all bytes'}"
     else:
-        weights, source = _parameter_hash(model)
+        weights, source = parameter_hash(model)
     return {"class": type(model.hf).__name__, "config": sha256_json(cfg), "weights": weights,
             "weights_source": source, "dtype": str(model.dtype).removeprefix("torch."),
             "attn": str(getattr(model, "attn_implementation", ""))}

@@ -12,6 +12,7 @@ import torch
 
 import moras_interp as mi
 from moras_interp import identity as ident
+from moras_interp import weights_hash as wh
 from moras_interp.ablations import run_grid
 from moras_interp.cli import main
 from moras_interp.eval.datasets import Example
@@ -157,26 +158,26 @@ def test_sampled_weight_hash_of_large_files_reads_the_documented_blocks(tmp_path
     t = torch.arange(40_000, dtype=torch.float32)  # 160 000 bytes: sampled when "large"
     path = tmp_path / "w.safetensors"
     save_file({"w": t}, str(path))
-    monkeypatch.setattr(ident, "FULL_HASH_BYTES", 0)
+    monkeypatch.setattr(wh, "FULL_HASH_BYTES", 0)
     n = int.from_bytes(path.read_bytes()[:8], "little")
     base, size = 8 + n, t.numel() * 4
-    step = (size - ident.BLOCK) / (ident.BLOCKS_PER_TENSOR + 1)
-    offsets = [round(i * step) for i in range(ident.BLOCKS_PER_TENSOR + 2)]
+    step = (size - wh.BLOCK) / (wh.BLOCKS_PER_TENSOR + 1)
+    offsets = [round(i * step) for i in range(wh.BLOCKS_PER_TENSOR + 2)]
     raw = path.read_bytes()
     ref = hashlib.sha256(f"size={len(raw)}".encode() + raw[8:base])
     for off in offsets:
-        ref.update(raw[base + off : base + off + ident.BLOCK])
-    assert ident._file_hash(path) == ref.hexdigest()
+        ref.update(raw[base + off : base + off + wh.BLOCK])
+    assert wh.file_hash(path) == ref.hexdigest()
     covered = bytearray(raw)
     covered[base + offsets[3] + 5] ^= 0xFF           # inside a sampled block: seen
-    gap = base + offsets[1] + ident.BLOCK + 10       # between sampled blocks: the documented miss
+    gap = base + offsets[1] + wh.BLOCK + 10       # between sampled blocks: the documented miss
     missed = bytearray(raw)
     missed[gap] ^= 0xFF
     hashes = []
     for i, data in enumerate((covered, missed)):
         p = tmp_path / f"v{i}.safetensors"
         p.write_bytes(bytes(data))
-        hashes.append(ident._file_hash(p))
+        hashes.append(wh.file_hash(p))
     assert hashes[0] != ref.hexdigest() and hashes[1] == ref.hexdigest()
 
 

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 from moras_interp.activations.directions import Direction
-from moras_interp.activations.store import ActivationStore, _checksum, dataset_fingerprint
+from moras_interp.activations.manifest import manifest_checksum as _checksum
+from moras_interp.activations.store import ActivationStore, dataset_fingerprint
 from moras_interp.atomic import FolderLockedError, folder_lock
 from moras_interp.moras import MoRASTrace, RecordStore, UnsafePrototype
 from moras_interp.readers import ReadError, read_json, read_jsonl, read_npz, read_safetensors

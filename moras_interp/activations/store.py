@@ -32,26 +32,19 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from moras_interp.activations.manifest import (
+    IDENTITY_FIELDS,
+    check_shard_header,
+    identity_diffs,
+)
+from moras_interp.activations.manifest import manifest_checksum as _checksum
 from moras_interp.atomic import atomic_write_bytes
 from moras_interp.readers import ReadError, read_json, read_safetensors
 
 FORMAT = "moras_interp.activation_store/1"
-IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
-OPTIONAL_IDENTITY = ("identity", "n_examples", "label_names")  # compared too (absent on both sides = equal)
 EXTRA_TENSORS = ("labels", "index")
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
-
-
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-def _checksum(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (without its own ``checksum``)."""
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class StoreWarning(UserWarning):
@@ -97,19 +90,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.close(dfd)
 
 
-def _identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """One line per identity field (dict fields: per key, e.g. ``identity.model_fingerprint``) that differs."""
-    out = []
-    for k in (*IDENTITY_FIELDS, *OPTIONAL_IDENTITY):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"  {k}.{s}: existing {a.get(s)!r} != requested {b.get(s)!r}"
-                    for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
-        elif a != b:
-            out.append(f"  {k}: existing {a!r} != requested {b!r}")
-    return out
-
-
 class ActivationStore:
     """Shards of activations {hook: [n_in_shard, ...]} under ``root`` (or in memory when root is None).
 
@@ -132,7 +112,7 @@ class ActivationStore:
         path = self.root / MANIFEST
         if path.exists():
             old = self._read_manifest(path)
-            diffs = _identity_diffs(old, self.manifest)
+            diffs = identity_diffs(old, self.manifest)
             if diffs:
                 raise ValueError(f"{self.root} holds activations from a different run:\n" + "\n".join(diffs)
                                  + "\nUse another directory, or delete this one to start over.")
@@ -209,33 +189,10 @@ class ActivationStore:
             elif hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
                 problem = "does not match its sha256 in the manifest"
             else:
-                self._check_header(int(key), path)
+                check_shard_header(self, int(key), path)
                 continue
             warnings.warn(f"{path} {problem}: shard {key} will be recomputed.", StoreWarning, stacklevel=4)
             del self.manifest["shards"][key]
-
-    def _check_header(self, k: int, path: Path) -> None:
-        from safetensors import safe_open
-
-        if self.n_shards is not None and k >= self.n_shards:
-            raise ValueError(f"{path}: shard {k} lies beyond n_examples={self.manifest['n_examples']} of the "
-                             f"manifest ({self.n_shards} shards): the manifest does not describe these shards.")
-        start, stop = self.shard_range(k)
-        want_dtype = getattr(torch, self.manifest["dtype"])
-        with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())
-            if not set(self.hooks) <= names:
-                raise ValueError(f"{path} lacks hooks {sorted(set(self.hooks) - names)} listed in the manifest.")
-            for name in names:
-                sl = f.get_slice(name)
-                n, dtype = sl.get_shape()[0], sl.get_dtype()
-                if n != stop - start and self.manifest.get("n_examples") is not None:
-                    raise ValueError(f"{path}: {name!r} holds {n} examples but the manifest's n_examples="
-                                     f"{self.manifest['n_examples']} and shard_size={self.shard_size} give "
-                                     f"{stop - start} for shard {k}: the manifest does not describe this store.")
-                if name in self.hooks and _ST_DTYPES.get(dtype) != want_dtype:
-                    raise ValueError(f"{path}: {name!r} is stored as {dtype} but the manifest says "
-                                     f"{self.manifest['dtype']}: the manifest does not describe this store.")
 
     # ---- shards -----------------------------------------------------------------------------------
     hooks = property(lambda self: list(self.manifest["hooks"]), doc="Hook names stored.")

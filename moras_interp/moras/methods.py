@@ -150,7 +150,7 @@ def _prepare(model: MLLM, calibration: str | Calibration | Sequence[Any], out: s
         if calibration.rsplit("-", 1)[0].replace(".", "") not in model.model_id.lower().replace(".", "").replace("_", "-"):
             warnings.warn(f"Calibration preset {calibration!r} was fitted by the authors on {calibration}; "
                           f"{model.model_id!r} is another model, so (x0, k) may not transfer: fit it on labelled "
-                          "pairs instead.", stacklevel=2)
+                          "pairs instead.", stacklevel=3)
     else:
         m = MoRAS.calibrate(model, list(calibration), prototype=proto, method=fit, batch_size=batch_size,
                             progress=progress, **vars(cfg))
