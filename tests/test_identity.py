@@ -250,3 +250,24 @@ def test_run_identity_diff_and_check_or_write(tmp_path):
     (legacy / "records.jsonl").write_text("{}\n")
     with pytest.raises(IdentityMismatchError, match=r"no identity\.json"):
         check_or_write(legacy, a, artefacts=("records.jsonl",))
+
+
+def test_finished_read_only_folder_is_summarised_without_writing(tmp_path, tiny, monkeypatch):
+    import importlib
+
+    ev = importlib.import_module("moras_interp.moras.evaluate")
+    exs = [Example(f"what is thing {i} ?", tiny_image(seed=i), "unsafe" if i % 2 else "safe", id=f"e{i}")
+           for i in range(3)]
+    kw = {"max_new_tokens": 2, "progress": False, "figures": False}
+    done = evaluate(exs[:2], {"none": NoDefence(tiny)}, tmp_path, **kw)
+    for name in (".lock", "results.csv", "results.json", "results.md"):
+        (tmp_path / name).unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(ev.os, "access", lambda path, mode: False)  # as on a read-only mount (tests run as root)
+    res = evaluate(exs[:2], {"none": NoDefence(tiny)}, tmp_path, **kw)
+    assert res.n_run == 0 and res.summary.equals(done.summary)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no lock file
+    with pytest.raises(PermissionError, match="read-only and lacks 1"):
+        evaluate(exs, {"none": NoDefence(tiny)}, tmp_path, **kw)
+    with pytest.raises(IdentityMismatchError, match=r"generation\.max_new_tokens"):
+        evaluate(exs[:2], {"none": NoDefence(tiny)}, tmp_path, **kw | {"max_new_tokens": 3})

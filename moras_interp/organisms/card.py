@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moras_interp.atomic import atomic_write_text
+from moras_interp.readers import read_json
 
 TITLE = "toy-llava — model card"
 NOTES = (
@@ -52,9 +53,9 @@ def organism_sections(path: Path, report: dict[str, Any]) -> dict[str, str]:
     """The organism's own sections: overview, world and tasks, architecture and training, behaviour."""
     from moras_interp.organisms.world import BENIGN, HAZARDS, IMAGE_SIZE, LOOKALIKES
 
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json(path / "config.json")
     info_p = path / "train_info.json"
-    info = json.loads(info_p.read_text(encoding="utf-8")) if info_p.exists() else {}
+    info = read_json(info_p) if info_p.exists() else {}
     vc, tc = cfg["vision_config"], cfg["text_config"]
     tr = info.get("config", {})
     overview = (
