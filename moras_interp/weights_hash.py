@@ -59,15 +59,30 @@ def file_hash(path: Path) -> str:
 
 
 def weight_files(model: MLLM) -> list[Path]:
-    """The ``*.safetensors`` files of the local folder ``model`` was loaded from ([] for in-memory models)."""
+    """The ``*.safetensors`` files ``model`` was loaded from: its local folder, or the Hugging Face cache
+    snapshot of its hub id at the loaded commit; [] for in-memory models."""
     src = getattr(model.hf.config, "_name_or_path", "") or ""
     for cand in (src, getattr(model, "model_id", "")):
         p = Path(str(cand)).expanduser() if cand else None
-        if p is not None and p.is_dir():
-            files = sorted(p.glob("*.safetensors"))
-            if files:
-                return files
+        if p is None:
+            continue
+        if not p.is_dir():
+            p = _hub_snapshot(str(cand), getattr(model.hf.config, "_commit_hash", None))
+        files = sorted(p.glob("*.safetensors")) if p is not None and p.is_dir() else []
+        if files:
+            return files
     return []
+
+
+def _hub_snapshot(repo_id: str, commit: str | None) -> Path | None:
+    """The local snapshot folder of a hub checkpoint already in the cache (nothing is downloaded), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json", revision=commit)
+    except Exception:  # not a repo id, or no hub library: treated as an in-memory model
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
 
 
 @torch.no_grad()
