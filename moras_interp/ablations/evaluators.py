@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moras_interp.ablations.runner import evaluator_identity
 from moras_interp.attention.interventions import MaskTopImageTokens, attention_edits
 from moras_interp.attention.trace import cross_modal_attention
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
+from moras_interp.identity import canonical_json, model_fingerprint, processor_fingerprint, sha256_json
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _is_unsafe, unpack_examples
 from moras_interp.moras.prompts import reformulate
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import Calibration
+from moras_interp.moras.run_identity import judge_config, prototype_fingerprint
 from moras_interp.moras.states import FINAL
 
 if TYPE_CHECKING:
@@ -100,6 +103,12 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         return [{"label": _label(it), "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
                  "latency_s": dt, "answer": t.answer} for it, t, rf in zip(dataset, traces, refused)]
 
+    evaluate.identity = {  # type: ignore[attr-defined]  # what run_grid's cache is keyed on
+        "evaluator": "moras", "model": model_fingerprint(model), "processor": processor_fingerprint(model.processor),
+        "prototype": prototype_fingerprint(prototype), "calibration": None if calibration is None else
+        calibration.to_dict(), "judge": judge_config(judge), "base": canonical_json(vars(base or MoRASConfig())),
+        "max_new_tokens": max_new_tokens,
+        "prompt_variants": {k: evaluator_identity(f) for k, f in (prompt_variants or {}).items()}}
     return evaluate
 
 
@@ -146,6 +155,9 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
                              "image_mass": float(att.image_mass(j).mean())})
         return rows
 
+    evaluate.identity = {  # type: ignore[attr-defined]  # what run_grid's cache is keyed on
+        "evaluator": "attention", "model": model_fingerprint(model), "processor": processor_fingerprint(model.processor),
+        "contexts": None if contexts is None else sha256_json(list(contexts))}
     return evaluate
 
 

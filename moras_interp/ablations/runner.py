@@ -6,11 +6,18 @@
 Each setting (one combination of factor values) is evaluated on the whole dataset by the evaluator,
 which returns one row (a dict of metrics) per example. Finished settings are written atomically to
 ``out/settings/<key>.json``; a rerun skips them, so an interrupted grid resumes without losing work.
+
+The cache is tied to the run identity (``out/identity.json``): the evaluator's identity (its ``identity``
+attribute — the standard evaluators record model fingerprint, prototype and calibration content, judge and
+options — or, for a plain function, its module, name and source code) and the dataset's content
+(:func:`moras_interp.identity.data_fingerprint`). Another evaluator or dataset, even of the same length, is
+refused with a per-field diff (``overwrite=True`` discards the cache). One writer per ``out`` (folder lock).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import json
 from collections.abc import Callable, Sequence
@@ -20,7 +27,15 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from moras_interp.atomic import atomic_write_text
+from moras_interp.atomic import atomic_write_text, folder_lock
+from moras_interp.identity import (
+    IdentityMismatchError,
+    RunIdentity,
+    check_or_write,
+    data_fingerprint,
+    sha256_json,
+)
+from moras_interp.readers import read_json
 
 Setting = dict[str, Any]
 Evaluator = Callable[[Setting, Sequence[Any]], list[dict[str, Any]]]
@@ -47,27 +62,65 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, default=str))
 
 
+def evaluator_identity(evaluate: Callable[..., Any]) -> dict[str, Any]:
+    """What an evaluator's rows depend on: its ``identity`` attribute (the standard evaluators set one), else
+    its module, qualified name and a sha256 of its source code."""
+    ident = getattr(evaluate, "identity", None)
+    if ident is not None:
+        return json.loads(json.dumps(ident, default=str))
+    try:
+        src = hashlib.sha256(inspect.getsource(evaluate).encode()).hexdigest()
+    except (OSError, TypeError):
+        src = None
+    return {"function": f"{getattr(evaluate, '__module__', '?')}.{getattr(evaluate, '__qualname__', repr(evaluate))}",
+            "source_sha256": src}
+
+
+def dataset_identity(dataset: Sequence[Any]) -> str:
+    """sha256 of the dataset's content (:func:`~moras_interp.identity.data_fingerprint`; plain JSON values
+    such as numbers are hashed as JSON)."""
+    try:
+        return data_fingerprint(dataset)
+    except (TypeError, ValueError):
+        return sha256_json(list(dataset))
+
+
 def run_grid(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequence[Any], *,
-             out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+             out: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
     """Evaluate every setting on ``dataset``; returns one row per (example, setting).
 
     Columns: the factor names, ``setting`` (key), ``example`` (index) and the evaluator's metrics.
-    With ``out``, each finished setting is cached and reused on the next call (resume).
+    With ``out``, each finished setting is cached and reused on the next call (resume) when the evaluator
+    and dataset are the same (see the module docstring); ``overwrite=True`` discards the cache first.
     """
     if len(dataset) == 0:
         raise ValueError("run_grid got an empty dataset.")
+    if out is None:
+        return _run(factors, evaluate, dataset, None, "", progress)
+    ident = RunIdentity("ablation", data=dataset_identity(dataset), extra={"evaluator": evaluator_identity(evaluate)})
+    with folder_lock(out):
+        check_or_write(out, ident, overwrite, artefacts=("settings", "results.csv"))
+        return _run(factors, evaluate, dataset, Path(out), ident.fingerprint(), progress)
+
+
+def _run(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequence[Any], out: Path | None,
+         fingerprint: str, progress: bool) -> pd.DataFrame:
     cache_dir = None
     if out is not None:
-        cache_dir = Path(out) / "settings"
+        cache_dir = out / "settings"
         cache_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for setting in tqdm(settings_of(factors), desc="ablation grid", disable=not progress):
         key = setting_key(setting)
         path = cache_dir / f"{key}.json" if cache_dir is not None else None
         if path is not None and path.exists():
-            cached = json.loads(path.read_text(encoding="utf-8"))
+            cached = read_json(path, what="an ablation cache file")
+            if cached.get("identity") != fingerprint or not isinstance(cached.get("rows"), list):
+                raise IdentityMismatchError(f"{path} was written by another run (identity "
+                                            f"{str(cached.get('identity'))[:12]}…, this run {fingerprint[:12]}…): "
+                                            "pass overwrite=True or use another folder.")
             if cached.get("setting") == json.loads(json.dumps(setting, default=str)) and \
-                    cached.get("n") == len(dataset):
+                    cached.get("n") == len(dataset) == len(cached["rows"]):
                 rows += cached["rows"]
                 continue
         res = evaluate(setting, dataset)
@@ -75,11 +128,11 @@ def run_grid(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Se
             raise RuntimeError(f"The evaluator returned {len(res)} rows for {len(dataset)} examples.")
         srows = [{**setting, "setting": key, "example": i, **r} for i, r in enumerate(res)]
         if path is not None:
-            _write_json_atomic(path, {"setting": setting, "n": len(dataset), "rows": srows})
+            _write_json_atomic(path, {"setting": setting, "n": len(dataset), "identity": fingerprint, "rows": srows})
         rows += json.loads(json.dumps(srows, default=str)) if path is not None else srows
     df = pd.DataFrame(rows)
     if out is not None:
-        df.to_csv(Path(out) / "results.csv", index=False)
+        atomic_write_text(out / "results.csv", df.to_csv(index=False))
     return df
 
 

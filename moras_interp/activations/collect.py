@@ -13,16 +13,16 @@ Values are read with plain torch hooks on the modules behind the canonical names
 per-trace overhead); the forward stops as soon as the last requested hook has fired, and the logits are
 computed for the last position only unless ``hook_logits`` is requested. Shards of ``shard_size`` examples
 are written atomically (see :class:`ActivationStore`), so a killed run resumes where it stopped; reopening
-with another model, dataset, hooks, positions, dtype, shard size or prompt format is refused.
+with another model (weights fingerprint), processor, dataset, hooks, positions, dtype, shard size or prompt
+format is refused, and a second process collecting into the same folder gets a clear error (folder lock).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +35,8 @@ from moras_interp.activations.examples import (
     normalise_dataset,
 )
 from moras_interp.activations.store import ActivationStore
+from moras_interp.atomic import folder_lock
+from moras_interp.identity import model_fingerprint, processor_fingerprint
 from moras_interp.models.hooks import expand_names
 from moras_interp.models.interventions import HookContext
 from moras_interp.models.layout import TokenLayout
@@ -49,24 +51,6 @@ ShardCallback = Callable[[int, ActivationStore], None]
 
 class _Stop(Exception):
     """Raised from the last capture hook to skip the rest of the forward."""
-
-
-def model_fingerprint(model: MLLM) -> str:
-    """sha256 over the model's config (minus paths/versions), dtype and a strided sample of every weight.
-
-    Cheap (a few values per tensor) yet different for another checkpoint, seed, size or dtype.
-    """
-    cfg = model.hf.config.to_dict()
-    drop = ("_name_or_path", "transformers_version", "_commit_hash")
-    text = json.dumps({k: v for k, v in cfg.items() if k not in drop}, sort_keys=True, default=str)
-    h = hashlib.sha256(text.encode() + str(model.dtype).encode())
-    with torch.no_grad():
-        for name, p in model.hf.named_parameters():
-            flat = p.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, min(16, flat.numel()), device=flat.device).long()
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:".encode())
-            h.update(flat[idx].to("cpu", torch.float64).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _positions_id(positions: str | PositionFn) -> str:
@@ -186,7 +170,8 @@ def _manifest(model: MLLM, examples: list[CollectExample], hooks: list[str], pos
     return {"model_id": model.model_id, "hooks": hooks, "positions": pos_id,
             "dataset_fingerprint": examples_fingerprint(examples), "dtype": dtype, "shard_size": shard_size,
             "n_examples": len(examples), "arch": model.arch, "d_model": model.d_model,
-            "identity": {"model_fingerprint": model_fingerprint(model), "chat": chat, "system": system},
+            "identity": {"model_fingerprint": model_fingerprint(model), "chat": chat, "system": system,
+                         "processor_fingerprint": processor_fingerprint(model.processor)},
             "label_names": label_names(examples), "batch_size": batch_size}
 
 
@@ -223,6 +208,13 @@ def collect_activations(model: MLLM, dataset: Iterable[Any], *, names: str | Seq
     examples = normalise_dataset(dataset)
     dtype_name = str(dtype).removeprefix("torch.")
     manifest = _manifest(model, examples, hooks, pos_id, dtype_name, shard_size, chat, system, batch_size)
+    with nullcontext() if out is None else folder_lock(out):
+        return _collect(model, examples, manifest, out, hooks, positions, batch_size, progress, chat, system, on_shard)
+
+
+def _collect(model: MLLM, examples: list[CollectExample], manifest: dict[str, Any], out: str | os.PathLike | None,
+             hooks: list[str], positions: str | PositionFn, batch_size: int, progress: bool, chat: bool,
+             system: str | None, on_shard: ShardCallback | None) -> ActivationStore:
     store = ActivationStore.open_or_create(out, manifest)
     names_to_int = {n: i for i, n in enumerate(store.manifest["label_names"])}
     todo = store.missing_shards()

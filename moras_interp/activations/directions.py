@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from moras_interp.atomic import atomic_write_bytes
+from moras_interp.readers import ReadError, check_fields, read_safetensors, safetensors_metadata
 
 DEFAULT_HOOK = "blocks.{l}.hook_resid_post"
 _META_KEY = "moras_interp.direction"
@@ -101,12 +101,16 @@ class Direction:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Direction:
         """Read a file written by ``save`` (safetensors only; nothing is unpickled)."""
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
+        header = safetensors_metadata(path)
         if _META_KEY not in header:
             raise ValueError(f"{path} is not a moras_interp Direction file (no {_META_KEY!r} metadata).")
-        meta = json.loads(header[_META_KEY])
-        vectors = load_file(str(path))["vectors"]
+        try:
+            meta = json.loads(header[_META_KEY])
+            check_fields(meta, {"layers": list, "hook": str, "method": str, "normalised": bool,
+                                "provenance": dict}, f"{path} (metadata)")
+        except json.JSONDecodeError as e:
+            raise ReadError(f"{path}: its {_META_KEY!r} metadata is not valid JSON ({e}).") from e
+        vectors = read_safetensors(path, ["vectors"])["vectors"]
         return cls(vectors=vectors, layers=meta["layers"], hook=meta["hook"], method=meta["method"],
                    normalised=meta["normalised"], provenance=meta["provenance"])
 

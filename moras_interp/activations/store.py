@@ -7,11 +7,14 @@
         store.write_shard(k, {hook: acts, "labels": labels})                    # acts [stop - start, d]
     x = store.load(hook)                                                        # [n, d]
 
-On disk: ``root/manifest.json`` (identity fields, dtype, shard size, n_examples, completed shards with
-their sha256) and ``root/shard_{k:05d}.safetensors`` holding ``{hook_name: [n_in_shard, ...]}`` plus
+On disk: ``root/manifest.json`` (identity fields, dtype, shard size, n_examples, label names, completed
+shards with their sha256, and a ``checksum`` of the manifest itself, so a hand-edited manifest is refused) and ``root/shard_{k:05d}.safetensors`` holding ``{hook_name: [n_in_shard, ...]}`` plus
 optional ``labels`` / ``index`` tensors. Every write goes to a temporary file in the same directory, is
 fsynced and moved into place with ``os.replace``; the manifest is rewritten the same way after each shard,
-so a killed run leaves only complete shards behind. ``root=None`` keeps everything in memory.
+so a killed run leaves only complete shards behind. ``root=None`` keeps everything in memory. Opening a
+store checks every shard's header against the manifest (tensor names, dtype, number of examples);
+:meth:`ActivationStore.load` reads only the requested tensor of each shard (``safetensors.safe_open``).
+Writers hold :func:`moras_interp.atomic.folder_lock` on ``root``.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from moras_interp.activations.manifest import (
+    IDENTITY_FIELDS,
+    check_shard_header,
+    identity_diffs,
+)
+from moras_interp.activations.manifest import manifest_checksum as _checksum
 from moras_interp.atomic import atomic_write_bytes
+from moras_interp.readers import ReadError, read_json, read_safetensors
 
 FORMAT = "moras_interp.activation_store/1"
-IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
-OPTIONAL_IDENTITY = ("identity",)   # compared too when either manifest has it (e.g. model/prompt fingerprints)
 EXTRA_TENSORS = ("labels", "index")
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -82,19 +90,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.close(dfd)
 
 
-def _identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """One line per identity field (dict fields: per key, e.g. ``identity.model_fingerprint``) that differs."""
-    out = []
-    for k in (*IDENTITY_FIELDS, *OPTIONAL_IDENTITY):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"  {k}.{s}: existing {a.get(s)!r} != requested {b.get(s)!r}"
-                    for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
-        elif a != b:
-            out.append(f"  {k}: existing {a!r} != requested {b!r}")
-    return out
-
-
 class ActivationStore:
     """Shards of activations {hook: [n_in_shard, ...]} under ``root`` (or in memory when root is None).
 
@@ -117,7 +112,7 @@ class ActivationStore:
         path = self.root / MANIFEST
         if path.exists():
             old = self._read_manifest(path)
-            diffs = _identity_diffs(old, self.manifest)
+            diffs = identity_diffs(old, self.manifest)
             if diffs:
                 raise ValueError(f"{self.root} holds activations from a different run:\n" + "\n".join(diffs)
                                  + "\nUse another directory, or delete this one to start over.")
@@ -160,30 +155,41 @@ class ActivationStore:
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:
         try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"corrupt activation-store manifest {path}: {e}. Delete the directory to start over.") from e
-        if not isinstance(old, dict):
-            raise ValueError(f"corrupt activation-store manifest {path}: expected a JSON object.")
+            old = read_json(path, what="an activation-store manifest")
+        except ReadError as e:
+            raise ValueError(f"corrupt activation-store manifest {e} Delete the directory to start over.") from e
         missing = [k for k in (*IDENTITY_FIELDS, "shards") if k not in old]
         if missing or not isinstance(old["shards"], dict):
             raise ValueError(f"corrupt activation-store manifest {path}: missing or invalid keys "
                              f"{missing or ['shards']}. Delete the directory to start over.")
+        stored = old.pop("checksum", None)
+        if stored is None:
+            warnings.warn(f"{path} has no checksum (written by an older version): its fields cannot be verified.",
+                          StoreWarning, stacklevel=3)
+        elif stored != _checksum(old):
+            raise ValueError(f"{path} was edited by hand (its content no longer matches its checksum): fields such "
+                             "as n_examples, dtype or label_names would be misread. Restore it, or delete the "
+                             "directory and collect again.")
         return old
 
     def _write_manifest(self) -> None:
         if self.root is not None:
-            _atomic_write(self.root / MANIFEST, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
+            m = self.manifest | {"checksum": _checksum(self.manifest)}
+            _atomic_write(self.root / MANIFEST, (json.dumps(m, indent=1, sort_keys=True) + "\n").encode())
 
     def _verify(self) -> None:
-        """Drop shards whose file is missing or whose sha256 differs from the manifest."""
+        """Drop shards whose file is missing or whose sha256 differs from the manifest; refuse shards whose
+        header disagrees with the manifest (index, tensor names, dtype, number of examples)."""
         for key, info in list(self.manifest["shards"].items()):
-            path = self._shard_path(int(key))
+            path = self._shard_path(int(key)) if str(key).isdigit() else None
+            if path is None or not isinstance(info, dict):
+                raise ValueError(f"{self.root / MANIFEST}: invalid shard entry {key!r}: {info!r}.")
             if not path.exists():
                 problem = "is missing"
             elif hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
                 problem = "does not match its sha256 in the manifest"
             else:
+                check_shard_header(self, int(key), path)
                 continue
             warnings.warn(f"{path} {problem}: shard {key} will be recomputed.", StoreWarning, stacklevel=4)
             del self.manifest["shards"][key]
@@ -267,12 +273,14 @@ class ActivationStore:
         self._write_manifest()
         return sha
 
-    def read_shard(self, k: int) -> dict[str, torch.Tensor]:
-        """The tensors of completed shard k."""
+    def read_shard(self, k: int, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors of completed shard k: all, or only ``names`` (only those bytes are read from disk)."""
         if not self.has_shard(k):
             raise KeyError(f"shard {k} has not been written (completed: {self.completed_shards()}).")
-        data = self._memory[k] if self.root is None else self._shard_path(k).read_bytes()
-        return st_load(data)
+        if self.root is not None:
+            return read_safetensors(self._shard_path(k), names)
+        shard = st_load(self._memory[k])
+        return shard if names is None else {n: shard[n] for n in names if n in shard}
 
     def load(self, name: str, *, allow_partial: bool = False) -> torch.Tensor:
         """Tensor ``name`` concatenated over shards in order: [n, ...].
@@ -289,7 +297,10 @@ class ActivationStore:
             raise ValueError("store has no completed shards.")
         parts = []
         for k in done:
-            shard = self.read_shard(k)
+            try:
+                shard = self.read_shard(k, [name])
+            except ReadError as e:
+                raise KeyError(str(e)) from e
             if name not in shard:
                 raise KeyError(f"shard {k} has no {name!r} tensor.")
             parts.append(shard[name])

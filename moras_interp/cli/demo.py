@@ -15,13 +15,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 
 
 def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple[Any, list[Path]]:
     import plotly.graph_objects as go
 
-    from moras_interp.atomic import atomic_write_text
     from moras_interp.attention import cross_modal_attention
     from moras_interp.moras.prompts import reformulate
     from moras_interp.organisms.analysis import attention_study, attention_summary, visual_contexts
@@ -64,7 +64,6 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
 
 
 def _run(args: argparse.Namespace) -> int:
-    from moras_interp.atomic import atomic_write_text
     from moras_interp.cli import build_parser
     from moras_interp.moras.examples import toy_examples
 

@@ -105,7 +105,7 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
         fixed = args.fixed_r if args.fixed_r == "auto" else float(args.fixed_r)
         setup = prepare_moras(model, calibration=cal_spec, out=out, harmful_prompts=prompts,  # type: ignore[arg-type]
                               fit=args.calibration_method, fixed_r=fixed, config=cfg, batch_size=args.batch_size,
-                              progress=not args.quiet, force_preset=args.force_preset)
+                              progress=not args.quiet, force_preset=args.force_preset, overwrite=args.overwrite)
         c = setup.calibration
         print(f"calibration: x0={c.x0:.4f} k={c.k:.3f} ({c.method}"
               + (f", AUROC {c.auroc:.3f}, operating point TPR {c.tpr:.2f} / FPR {c.fpr:.2f}" if c.auroc is not None else "")
@@ -135,7 +135,8 @@ def _run(args: argparse.Namespace) -> int:
     methods, judge, info = methods_from_args(args, model, names, out)
     info |= {"data": str(args.data), "format": args.format, "limit": args.limit}
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=info["max_new_tokens"],
-                   judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info)
+                   judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info,
+                   seed=args.seed, overwrite=args.overwrite)
     print(res.markdown())
     if res.n_run == 0 and not os.access(out, os.W_OK):
         print(f"{out} is complete and read-only: summarised its records, wrote nothing")
@@ -148,6 +149,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     """The method, generation, calibration and judge options (shared with ``moras-interp suite``)."""
     p.add_argument("--methods", default="none,moras,fixed,adashield,ecso",
                    help="comma-separated: none, moras, fixed, adashield, ecso")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the results, prototype and calibration in --out and start afresh")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--setup", default="ours", choices=["ours", "authors"],
                    help="named configuration: 'ours' (project defaults) or 'authors' (snumprlab/moras: conv_llava_v1 "
@@ -189,7 +192,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="a .jsonl/.csv/.json file, or 'toy' (the organism's held-out set)")
     p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "figstep", "mm-safetybench", "xstest"])
     p.add_argument("--image-root", default=None, help="folder of the images referenced by the data file")
-    p.add_argument("--out", required=True, help="results folder (re-running resumes)")
+    p.add_argument("--out", required=True, help="results folder (re-running the same run resumes; another run is "
+                                                "refused with the differences)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--toy-n", type=int, default=20, help="examples per class for --data toy")
     add_method_args(p)

@@ -130,8 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         run_info = info | {"data": f"{name}={root}", "format": "suite",
                            "suite": suite, "image_types": args.image_types, "limit": args.limit,
                            "calibration": args.calibration}
-        res = evaluate(examples, methods, out / name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=run_info)
+        res = evaluate(examples, methods, out / name, batch_size=args.batch_size, max_new_tokens=info["max_new_tokens"],
+                       judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=run_info,
+                       seed=args.seed, overwrite=args.overwrite)
         table = res.summary.copy()
         official = _official(suite, examples, res.records, names, out / name)
         for m, scores in official.items():

@@ -8,7 +8,6 @@ run is resumed, so a resumed run scores with exactly the same (u_t, x0, k, fixed
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,12 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moras_interp.atomic import atomic_write_text
+from moras_interp.atomic import folder_lock
+from moras_interp.identity import data_fingerprint, model_fingerprint, processor_fingerprint, sha256_json
 from moras_interp.moras.baselines import ECSO, AdaShieldS, FixedSteering, Method, NoDefence
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prompts import CONTEXT_PROMPT, ECSO_CAPTION_PROMPT
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import PRESETS, Calibration
+from moras_interp.moras.run_identity import prototype_fingerprint
+from moras_interp.moras.setup_files import FILES as SETUP_FILES
+from moras_interp.moras.setup_files import check_provenance, read_calibration, write_calibration
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
@@ -78,19 +81,20 @@ def _provenance(model: MLLM, calibration: Any, harmful_prompts: Sequence[str] | 
         cal = f"Calibration(x0={calibration.x0}, k={calibration.k})"
     else:
         items = list(calibration)
-        ids = [str(getattr(it, "id", None) or getattr(it, "text", None) or i) for i, it in enumerate(items)]
-        cal = f"{len(items)} labelled examples, sha1 " + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+        cal = f"{len(items)} labelled examples, sha256 {data_fingerprint(items)}"
     prompts = "default" if not harmful_prompts else \
         "sha1 " + hashlib.sha1("\n".join(harmful_prompts).encode()).hexdigest()[:12]
     return {"model": model.model_id, "n_tokens": cfg.n_tokens, "gamma": cfg.gamma, "calibration": cal, "fit": fit,
             "fixed_r": str(fixed_r), "harmful_prompts": prompts, "system": cfg.system or "",
-            "stage2_eos": cfg.stage2_eos, "score": cfg.score, "prototype_hooks": list(cfg.prototype_hooks())}
+            "stage2_eos": cfg.stage2_eos, "score": cfg.score, "prototype_hooks": list(cfg.prototype_hooks()),
+            "model_fingerprint": model_fingerprint(model), "processor": processor_fingerprint(model.processor),
+            "config": sha256_json(vars(cfg))}
 
 
 def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any], out: str | Path | None = None,
                   harmful_prompts: Sequence[str] | None = None, fit: str = "official", fixed_r: float | str = "auto",
                   config: MoRASConfig | None = None, batch_size: int = 8, progress: bool = True,
-                  force_preset: bool = False) -> MoRASSetup:
+                  force_preset: bool = False, overwrite: bool = False) -> MoRASSetup:
     """Build (or, when ``out`` holds them, reload) the prototype and calibration.
 
     Args:
@@ -102,33 +106,44 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         config: MoRAS options (N, γ, prompts) used for calibration.
         force_preset: apply a preset although the prototype's prompt set / system prompt are not the ones the
             preset was fitted with (otherwise MoRAS refuses it, :func:`moras_interp.moras.presets.check_preset`).
+        overwrite: rebuild the prototype and calibration even when ``out`` holds some (of another setup).
+
+    The files in ``out`` are reused only when their provenance (model fingerprint, processor, prompts,
+    calibration data content, options) is equal and they pass validation (:mod:`moras_interp.moras.setup_files`).
     """
+    if out is None:
+        return _prepare(model, calibration, None, harmful_prompts, fit, fixed_r, config, batch_size, progress,
+                        force_preset)
+    with folder_lock(out):
+        if overwrite:
+            for f in SETUP_FILES:
+                (Path(out) / f).unlink(missing_ok=True)
+        return _prepare(model, calibration, out, harmful_prompts, fit, fixed_r, config, batch_size, progress,
+                        force_preset)
+
+
+def _prepare(model: MLLM, calibration: str | Calibration | Sequence[Any], out: str | Path | None,
+             harmful_prompts: Sequence[str] | None, fit: str, fixed_r: float | str, config: MoRASConfig | None,
+             batch_size: int, progress: bool, force_preset: bool = False) -> MoRASSetup:
     cfg = config or MoRASConfig()
     folder = Path(out) if out is not None else None
-    proto_p, cal_p, prov_p = (None, None, None) if folder is None else \
-        (folder / "prototype.safetensors", folder / "calibration.json", folder / "setup_provenance.json")
+    proto_p, cal_p = (None, None) if folder is None else (folder / "prototype.safetensors", folder / "calibration.json")
     prov = _provenance(model, calibration, harmful_prompts, fit, fixed_r, cfg)
-    if prov_p is not None and prov_p.exists():
-        old = json.loads(prov_p.read_text(encoding="utf-8"))
-        diff = [k for k in prov if k in old and old[k] != prov[k]]
-        if diff:
-            raise ValueError(f"{out} holds a prototype/calibration built differently ({', '.join(diff)} changed: "
-                             f"{', '.join(f'{old[k]!r} → {prov[k]!r}' for k in diff)}); reusing it would mix runs. "
-                             "Use another output folder or delete prototype.safetensors and calibration.json.")
-    elif folder is not None:
+    if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(prov_p, json.dumps(prov, indent=1))
+        check_provenance(folder, prov)
     if proto_p is not None and proto_p.exists():
         proto = UnsafePrototype.load(proto_p)
+        proto.check(model)
     else:
         proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
                                       progress=progress, system=cfg.system, eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         if proto_p is not None:
             proto.save(proto_p)
     if cal_p is not None and cal_p.exists():
-        d = json.loads(cal_p.read_text(encoding="utf-8"))
+        d = read_calibration(cal_p, prototype_fingerprint(proto), prov)
         return MoRASSetup(proto, Calibration.from_dict(d["calibration"]), float(d["fixed_r"]), d["fixed_r_rule"],
-                          d.get("scores", []), d.get("labels", []))
+                          d["scores"], d["labels"])
     scores: list[float] = []
     labels: list[bool] = []
     if isinstance(calibration, Calibration):
@@ -141,7 +156,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         if calibration.rsplit("-", 1)[0].replace(".", "") not in model.model_id.lower().replace(".", "").replace("_", "-"):
             warnings.warn(f"Calibration preset {calibration!r} was fitted by the authors on {calibration}; "
                           f"{model.model_id!r} is another model, so (x0, k) may not transfer: fit it on labelled "
-                          "pairs instead.", stacklevel=2)
+                          "pairs instead.", stacklevel=3)
     else:
         m = MoRAS.calibrate(model, list(calibration), prototype=proto, method=fit, batch_size=batch_size,
                             progress=progress, **vars(cfg))
@@ -152,7 +167,7 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
     r, rule = choose_fixed_r(cal, scores, labels, fixed_r)
     setup = MoRASSetup(proto, cal, r, rule, scores, labels)
     if cal_p is not None:
-        atomic_write_text(cal_p, json.dumps(setup.to_dict(), indent=1))
+        write_calibration(cal_p, setup.to_dict(), prototype_fingerprint(proto), prov)
     return setup
 
 

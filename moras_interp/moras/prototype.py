@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_bytes
+from moras_interp.identity import weights_fingerprint
 from moras_interp.moras.presets import prompt_set_sha256
 from moras_interp.moras.states import FINAL, step_states
+from moras_interp.readers import read_safetensors, safetensors_metadata
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
@@ -122,7 +124,8 @@ class UnsafePrototype:
         prov = {"model_id": model.model_id, "n_tokens": n_tokens, "n_prompts": len(plist),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or "",
                 "prompt_sha256": prompt_set_sha256(plist), "source": "text" if images is None else "multimodal",
-                "eos": eos, "n_per_step": counts.int().tolist(), "hooks": list(hooks)}
+                "eos": eos, "n_per_step": counts.int().tolist(), "hooks": list(hooks),
+                "model_fingerprint": weights_fingerprint(model)}
         return cls(states, plist, toks, prov)
 
     @classmethod
@@ -130,7 +133,7 @@ class UnsafePrototype:
                     system: str | None = None, prompt_sha256: str | None = None) -> UnsafePrototype:
         """A prototype from a user's tensor file: a .safetensors holding one [N, d] tensor (or ``key``), used at
         ``hook``. ``system`` / ``prompt_sha256`` record how it was made, when known (presets check them)."""
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path)
         if key is None and len(tensors) != 1:
             raise ValueError(f"{path} holds {sorted(tensors)}: pass key= to choose the [N, d] prototype tensor.")
         if key is not None and key not in tensors:
@@ -143,7 +146,8 @@ class UnsafePrototype:
         return cls({hook: t.float().contiguous()}, [], [], prov)
 
     def check(self, model: MLLM) -> None:
-        """Raises when the prototype does not fit ``model`` (hidden size) or holds non-finite values."""
+        """Raises when the prototype does not fit ``model`` (hidden size; another checkpoint, by the
+        ``model_fingerprint`` of its provenance) or holds non-finite values."""
         for hook, t in self.states.items():
             if t.ndim != 2 or t.shape[0] < 1:
                 raise ValueError(f"The unsafe prototype's {hook!r} tensor has shape {tuple(t.shape)}; expected [N, d].")
@@ -154,6 +158,12 @@ class UnsafePrototype:
         if d != model.d_model:
             raise ValueError(f"The unsafe prototype has hidden size {d} but {model.model_id} has {model.d_model}: "
                              "build the prototype with this model (UnsafePrototype.build(model, ...)).")
+        built = self.provenance.get("model_fingerprint")
+        if built is not None and built != weights_fingerprint(model):
+            raise ValueError(f"The unsafe prototype was built on another model than {model.model_id} (built on "
+                             f"{self.provenance.get('model_id')!r}, weights fingerprint {str(built)[:12]}…, this "
+                             f"model {weights_fingerprint(model)[:12]}…; the hidden sizes agree, but its states "
+                             "would invert the risks): build it with this model (UnsafePrototype.build(model, ...)).")
 
     def save(self, path: str | Path) -> Path:
         """One .safetensors file: tensors per hook + JSON metadata (no pickle)."""
@@ -166,12 +176,16 @@ class UnsafePrototype:
 
     @classmethod
     def load(cls, path: str | Path) -> UnsafePrototype:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        states = load_file(str(path))
+        """Read a file written by :meth:`save`; errors name the file (corrupt, pickle, missing tensor/metadata)."""
+        meta = safetensors_metadata(path)
+        states = read_safetensors(path)
         if FINAL not in states:
             raise ValueError(f"{path} holds no {FINAL!r} tensor: not an UnsafePrototype file.")
-        return cls(states, json.loads(meta.get("prompts", "[]")), json.loads(meta.get("greedy_tokens", "[]")),
-                   json.loads(meta.get("provenance", "{}")))
+        try:
+            prompts, toks, prov = (json.loads(meta.get(k, d)) for k, d in
+                                   (("prompts", "[]"), ("greedy_tokens", "[]"), ("provenance", "{}")))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: its metadata is not valid JSON ({e}): not an UnsafePrototype file.") from e
+        if not (isinstance(prompts, list) and isinstance(toks, list) and isinstance(prov, dict)):
+            raise ValueError(f"{path}: metadata prompts/greedy_tokens/provenance have the wrong types.")
+        return cls(states, prompts, toks, prov)

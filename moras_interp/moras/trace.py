@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from moras_interp.atomic import atomic_write_bytes, atomic_write_text
+from moras_interp.readers import ReadError, check_fields, read_json, read_safetensors
+
+
+def trace_paths(path: str | Path) -> tuple[Path, Path]:
+    """(JSON, safetensors) paths of a trace saved as ``path``: ``path`` + ``.json`` (``path`` itself when it
+    already ends in ``.json``) and the same name with ``.safetensors``."""
+    p = Path(path)
+    base = p.name.removesuffix(".json")
+    return p.with_name(base + ".json"), p.with_name(base + ".safetensors")
 
 
 @dataclass
@@ -63,23 +72,37 @@ class MoRASTrace:
         return d
 
     def save(self, path: str | Path) -> Path:
-        """Writes ``path`` (.json) and, if states were kept, ``path`` with suffix .safetensors; atomically."""
-        p = Path(path).with_suffix(".json")
-        p.parent.mkdir(parents=True, exist_ok=True)
+        """Writes ``<path>.json`` (``path`` itself when it ends in ``.json``) and, if states were kept,
+        ``<path>.safetensors`` beside it, atomically. Names are taken as given: ``save("t_r0.5")`` writes
+        ``t_r0.5.json`` and ``save("t_r0.99")`` writes ``t_r0.99.json`` (a suffix is appended, never replaced).
+        Returns the JSON path."""
+        p, st = trace_paths(path)
+        d = self.to_dict() | {"stage2_states_file": None}
         if self.stage2_states is not None:
-            st = p.with_suffix(".safetensors")
             atomic_write_bytes(st, save({"stage2_states": self.stage2_states.contiguous()}))
-        atomic_write_text(p, json.dumps(self.to_dict(), indent=1))
+            d["stage2_states_file"] = st.name
+        atomic_write_text(p, json.dumps(d, indent=1))
         return p
 
     @classmethod
     def load(cls, path: str | Path) -> MoRASTrace:
-        p = Path(path).with_suffix(".json")
-        d = json.loads(p.read_text(encoding="utf-8"))
-        d["image_size"] = tuple(d["image_size"]) if d.get("image_size") else None
-        d["stage2_topk"] = [[(str(t), float(v)) for t, v in step] for step in d.get("stage2_topk", [])]
-        st = p.with_suffix(".safetensors")
-        states = load_file(str(st))["stage2_states"] if st.exists() else None
+        """Read a trace written by :meth:`save` (same path rules); errors name the file and the field."""
+        p, st = trace_paths(path)
+        d = read_json(p, what="a MoRAS trace file")
+        check_fields(d, {"question": str, "method": str, "answer": str}, str(p))
+        states_file = d.pop("stage2_states_file", st.name if st.exists() else None)
+        known = {f for f in cls.__dataclass_fields__} - {"stage2_states", "attention"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ReadError(f"{p}: unknown field(s) {unknown}: not a MoRASTrace file.")
+        try:
+            d["image_size"] = tuple(d["image_size"]) if d.get("image_size") else None
+            d["stage2_topk"] = [[(str(t), float(v)) for t, v in step] for step in d.get("stage2_topk", [])]
+        except (TypeError, ValueError) as e:
+            raise ReadError(f"{p}: invalid image_size or stage2_topk ({e}).") from e
+        states = None
+        if states_file is not None:
+            states = read_safetensors(p.parent / states_file, ["stage2_states"])["stage2_states"]
         return cls(**d, stage2_states=states)
 
     def _repr_html_(self) -> str:

@@ -15,6 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from moras_interp.atomic import atomic_write_text
+from moras_interp.readers import read_json
+
 TITLE = "toy-llava — model card"
 NOTES = (
     "Reading the numbers: the vulnerability is clean (the same requests are refused as text and answered with "
@@ -42,7 +45,7 @@ def write_card(path: str | Path, sections: dict[str, str], *, title: str = TITLE
     merged.update(sections)
     body = "\n".join(f"## {name}\n\n{text.strip()}\n" for name, text in merged.items())
     p = Path(path)
-    p.write_text(f"# {title}\n\n{body}", encoding="utf-8")
+    atomic_write_text(p, f"# {title}\n\n{body}")
     return p
 
 
@@ -50,9 +53,9 @@ def organism_sections(path: Path, report: dict[str, Any]) -> dict[str, str]:
     """The organism's own sections: overview, world and tasks, architecture and training, behaviour."""
     from moras_interp.organisms.world import BENIGN, HAZARDS, IMAGE_SIZE, LOOKALIKES
 
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json(path / "config.json")
     info_p = path / "train_info.json"
-    info = json.loads(info_p.read_text(encoding="utf-8")) if info_p.exists() else {}
+    info = read_json(info_p) if info_p.exists() else {}
     vc, tc = cfg["vision_config"], cfg["text_config"]
     tr = info.get("config", {})
     overview = (

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from moras_interp.atomic import atomic_write_text
 from moras_interp.organisms.build import (
     CHAT_TEMPLATE,
     IMAGE,
@@ -41,6 +42,7 @@ from moras_interp.organisms.build import (
 )
 from moras_interp.organisms.tasks import Example, stream, training_batch
 from moras_interp.organisms.world import CLASSES, Scene, sample_scene
+from moras_interp.readers import read_json
 
 MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 STD = np.asarray((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
@@ -238,7 +240,7 @@ def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | 
         info = asdict(result)
         info["losses"] = [round(x, 5) for x in info["losses"]]
         info["vision_losses"] = [round(x, 5) for x in info["vision_losses"]]
-        (out / "train_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        atomic_write_text(out / "train_info.json", json.dumps(info, indent=1))
     return out
 
 
@@ -246,12 +248,12 @@ def pin_files(out: Path) -> None:
     """Post-processing of a saved directory: ``"attn_implementation": "eager"`` in config.json (transformers
     does not serialise the attention backend) and the chat template also inside tokenizer_config.json."""
     cfg_path, tok_path = out / "config.json", out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = read_json(cfg_path)
     cfg["attn_implementation"] = "eager"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tok = json.loads(tok_path.read_text(encoding="utf-8"))
+    atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok = read_json(tok_path)
     tok["chat_template"] = CHAT_TEMPLATE
-    tok_path.write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(tok_path, json.dumps(tok, indent=2) + "\n")
     (out / "model.safetensors").chmod(0o644)
 
 

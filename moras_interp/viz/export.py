@@ -131,8 +131,10 @@ def _write_npz(fh: IO[bytes], data: Mapping[str, np.ndarray], compress: bool) ->
 
 
 def sidecar_path(path: PathLike) -> Path:
-    """The JSON sidecar of an NPZ file: ``path.with_suffix(".json")``."""
-    return Path(path).with_suffix(".json")
+    """The JSON sidecar of an NPZ file: ``x.npz`` → ``x.json``; any other name gets ``.json`` appended
+    (``run_r0.5`` → ``run_r0.5.json``: a name is never truncated at its last dot)."""
+    p = Path(path)
+    return p.with_name(p.name.removesuffix(".npz") + ".json")
 
 
 def save_npz(
@@ -142,7 +144,7 @@ def save_npz(
     *,
     compress: bool = True,
 ) -> Path:
-    """Save ``arrays`` to ``path`` (NPZ, never pickled) and ``meta`` to ``path.with_suffix(".json")``.
+    """Save ``arrays`` to ``path`` (NPZ, never pickled) and ``meta`` to :func:`sidecar_path` of it.
 
     Object arrays are refused (``TypeError``); tensors are moved to CPU (bfloat16 → float32); meta must
     be JSON-serialisable (numpy scalars/arrays, tensors, paths and sets are converted). Both files are
@@ -158,8 +160,9 @@ def save_npz(
 def load_npz(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load ``(arrays, meta)`` written by :func:`save_npz`; never unpickles (object arrays raise
     ``ValueError``). ``meta`` is ``{}`` when the sidecar is missing."""
-    with np.load(Path(path), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    from moras_interp.readers import read_json, read_npz
+
+    arrays = read_npz(path)
     side = sidecar_path(path)
-    meta = json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}
+    meta = read_json(side) if side.exists() else {}
     return arrays, meta

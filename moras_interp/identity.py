@@ -1,0 +1,295 @@
+"""One run identity: fingerprints of everything that determines an artefact's content, compared before reuse.
+
+Every resumable or reusable artefact (evaluation folder, ablation cache, activation store, prototype,
+calibration) records a fingerprint; it is reused only when the fingerprint is equal, otherwise the run is
+refused with a per-field diff and the fix (``--overwrite`` / ``overwrite=True``, or a new folder).
+
+**Model** (:func:`model_identity`, :func:`model_fingerprint`): the config (``config.to_dict()`` without
+path/version/commit fields, canonical JSON), the parameter dtype, the attention implementation and the weights:
+
+* loaded from a local folder of ``*.safetensors`` files (the normal case, also for hub downloads resolved
+  to a path): per file its size and the whole JSON header (every tensor's name, dtype, shape and byte
+  offsets); files up to :data:`~moras_interp.weights_hash.FULL_HASH_BYTES` are hashed completely; larger files contribute, per
+  tensor, the first and last 4 KiB block of its bytes and :data:`~moras_interp.weights_hash.BLOCKS_PER_TENSOR` evenly spaced 4 KiB
+  blocks in between (read with ``pread``, never the whole file). For a 14 GB LLaVA-1.5-7B (≈700 tensors)
+  that reads ≈ 28 MB, under a second, and is cached per (file, size, mtime) for the process.
+  What this can miss: an edit confined to bytes between the sampled blocks of a large tensor that keeps
+  every dtype, shape and offset (e.g. a few hand-edited values); any retraining, fine-tuning, LoRA merge,
+  re-quantisation, dtype or shape change touches the sampled blocks or the header and is seen.
+* otherwise (an in-memory model, e.g. ``build_tiny``): every parameter's name, shape and dtype plus all its
+  bytes when the model has at most :data:`~moras_interp.weights_hash.FULL_HASH_ELEMENTS` elements, else 64 evenly spaced values
+  per tensor (misses edits between those values).
+
+**Processor** (:func:`processor_fingerprint`): the tokenizer's full serialisation (``tokenizer.json`` of a
+fast tokenizer, else its vocabulary), special tokens, chat template and padding side, plus the image
+processor's and processor's settings. **Data** (:func:`data_fingerprint`): every example's text, label,
+region, image bytes (:func:`moras_interp.activations.examples.examples_fingerprint`), id and metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from moras_interp import weights_hash
+from moras_interp.atomic import atomic_write_text
+from moras_interp.weights_hash import file_hash, parameter_hash, weight_files
+
+if TYPE_CHECKING:
+    from moras_interp.models.mllm import MLLM
+
+IDENTITY_FILE = "identity.json"
+_DROP_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash", "dtype", "torch_dtype")
+
+
+class IdentityMismatchError(ValueError):
+    """An artefact was made by a different run; the message lists every differing field and the fix."""
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted, compact JSON; objects that are not JSON become their repr (without memory addresses)."""
+    def default(o: Any) -> Any:
+        if isinstance(o, (set, frozenset)):
+            return sorted(o, key=str)
+        if isinstance(o, torch.dtype):
+            return str(o)
+        r = repr(o)
+        return type(o).__qualname__ if " at 0x" in r else r
+    return json.dumps(obj, sort_keys=True, default=default, ensure_ascii=False, separators=(",", ":"))
+
+
+def sha256_json(obj: Any) -> str:
+    """sha256 (hex) of :func:`canonical_json`."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+# ---- model ----------------------------------------------------------------------------------------------
+def _strip_config(d: Any) -> Any:
+    """The config dict without paths, versions and dtypes (at every nesting level)."""
+    if isinstance(d, dict):
+        return {k: _strip_config(v) for k, v in d.items() if k not in _DROP_CONFIG}
+    return d
+
+
+def model_identity(model: MLLM) -> dict[str, str]:
+    """{"config", "weights", "weights_source", "dtype", "attn", "class"}: what :func:`model_fingerprint` hashes
+    (the config without paths, versions and dtypes; the dtype is its own field)."""
+    cfg = _strip_config(model.hf.config.to_dict())
+    files = weight_files(model)
+    if files:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.name}:{file_hash(f)}".encode())
+        big = any(f.stat().st_size > weights_hash.FULL_HASH_BYTES for f in files)
+        weights, source = h.hexdigest(), f"{len(files)} safetensors file(s), {'sampled' if big else 'all bytes'}"
+    else:
+        weights, source = parameter_hash(model)
+    return {"class": type(model.hf).__name__, "config": sha256_json(cfg), "weights": weights,
+            "weights_source": source, "dtype": str(model.dtype).removeprefix("torch."),
+            "attn": str(getattr(model, "attn_implementation", ""))}
+
+
+def model_fingerprint(model: MLLM) -> str:
+    """sha256 (hex) over :func:`model_identity` minus its descriptive ``weights_source``: another checkpoint,
+    new weights at the same path, another config, dtype or attention implementation give another value."""
+    ident = model_identity(model)
+    ident.pop("weights_source")
+    return sha256_json(ident)
+
+
+def weights_fingerprint(model: MLLM) -> str:
+    """sha256 (hex) over the model class, config and weights only (not the load dtype or attention
+    implementation): what an unsafe prototype or calibration is tied to."""
+    ident = model_identity(model)
+    return sha256_json({k: ident[k] for k in ("class", "config", "weights")})
+
+
+def processor_fingerprint(processor: Any) -> str:
+    """sha256 (hex) over the tokenizer (full serialisation, special tokens, chat template, padding side) and
+    the processor's / image processor's settings."""
+    tok = getattr(processor, "tokenizer", processor)
+    backend = getattr(tok, "backend_tokenizer", None)
+    parts: dict[str, Any] = {"class": type(processor).__name__, "tokenizer_class": type(tok).__name__}
+    try:
+        parts["tokenizer"] = hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None \
+            else sha256_json(sorted(tok.get_vocab().items()))
+    except Exception:  # a tokenizer without a serialisation: fall back to the vocabulary
+        parts["tokenizer"] = sha256_json(sorted(tok.get_vocab().items()))
+    parts["special"] = getattr(tok, "special_tokens_map", None)
+    parts["added"] = sorted(str(t) for t in getattr(tok, "added_tokens_decoder", {}).values())
+    parts["chat_template"] = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
+    parts["padding_side"] = getattr(tok, "padding_side", None)
+    image_proc = getattr(processor, "image_processor", None)
+    if image_proc is not None and hasattr(image_proc, "to_dict"):
+        parts["image_processor"] = image_proc.to_dict()
+    for attr in ("patch_size", "num_additional_image_tokens", "vision_feature_select_strategy", "image_seq_length"):
+        parts[attr] = getattr(processor, attr, None)
+    return sha256_json(parts)
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+def data_fingerprint(examples: Iterable[Any]) -> str:
+    """sha256 (hex) over every example's text, label, region, image content (file bytes or pixels), id and
+    ``meta`` (gold answers), in order. Examples: anything :func:`moras_interp.activations.examples.
+    normalise_dataset` accepts, or (image, text, label) tuples."""
+    from moras_interp.activations.examples import examples_fingerprint, normalise_dataset
+    from moras_interp.activations.store import dataset_fingerprint
+
+    items = [dict(zip(("image", "text", "label"), it)) if isinstance(it, (tuple, list)) else it for it in examples]
+    extra = [canonical_json({"id": getattr(it, "id", None), "meta": getattr(it, "meta", None)}) for it in items]
+    return dataset_fingerprint([examples_fingerprint(normalise_dataset(items)), *extra])
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor], *extra: Any) -> str:
+    """sha256 (hex) over named tensors (name, dtype, shape, bytes) and any JSON-able ``extra``."""
+    h = hashlib.sha256(canonical_json(list(extra)).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def package_version() -> str:
+    import moras_interp
+
+    return str(moras_interp.__version__)
+
+
+# ---- the identity record --------------------------------------------------------------------------------
+def flat_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """One line per differing leaf of two JSON-like values (dicts compared per key, dotted names)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                out.append(f"  {key}: (absent) ≠ requested {_short(new[k])}")
+            elif k not in new:
+                out.append(f"  {key}: existing {_short(old[k])} ≠ (absent)")
+            else:
+                out += flat_diff(old[k], new[k], key)
+        return out
+    if canonical_json(old) == canonical_json(new) or (_isnan(old) and _isnan(new)):
+        return []
+    return [f"  {prefix or 'value'}: existing {_short(old)} ≠ requested {_short(new)}"]
+
+
+def _isnan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 90 else r[:87] + "..."
+
+
+@dataclass
+class RunIdentity:
+    """Everything that determines an artefact's content (JSON-able values; compared field by field).
+
+    Attributes:
+        kind: what the folder holds ("evaluation", "ablation", ...).
+        model: :func:`model_identity` (+ ``fingerprint``). processor: :func:`processor_fingerprint`.
+        data: :func:`data_fingerprint`. methods: name → every option of that method (incl. prototype and
+        calibration content hashes). seed, judge (name + options), generation (max_new_tokens, greedy, ...).
+        extra: anything else the caller's content depends on. package_version: ``moras_interp.__version__``.
+    """
+
+    kind: str
+    model: dict[str, Any] = field(default_factory=dict)
+    processor: str | None = None
+    data: str | None = None
+    methods: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    judge: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    package_version: str = field(default_factory=package_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON round trip of the fields (tuples → lists), so stored and fresh identities compare equal."""
+        return json.loads(canonical_json(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "identity") -> RunIdentity:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown or "kind" not in d:
+            raise IdentityMismatchError(f"{where}: not a run identity (unknown fields {unknown}, "
+                                        f"kind {'present' if 'kind' in d else 'missing'}).")
+        return cls(**dict(d))
+
+    def fingerprint(self) -> str:
+        return sha256_json(self.to_dict())
+
+    def diff(self, other: RunIdentity, merge: Sequence[str] = ()) -> list[str]:
+        """One line per differing field (nested fields dotted, e.g. ``methods.adashield.position``); for the
+        dict fields named in ``merge`` only the keys present on both sides are compared."""
+        old, new = self.to_dict(), other.to_dict()
+        for f in merge:
+            common = set(old[f]) & set(new[f])
+            old[f] = {k: v for k, v in old[f].items() if k in common}
+            new[f] = {k: v for k, v in new[f].items() if k in common}
+        return flat_diff(old, new)
+
+
+def check_or_write(folder: str | os.PathLike, identity: RunIdentity, overwrite: bool = False, *,
+                   artefacts: Sequence[str] = (), merge: Sequence[str] = (), name: str = IDENTITY_FILE) -> str:
+    """Compare ``identity`` with ``folder/identity.json``; returns "new", "same" or "overwritten".
+
+    Equal → "same" (reuse; the dict fields in ``merge``, e.g. ``methods``, may gain keys, which are added to
+    the stored identity). Different (or ``artefacts`` present without any identity file, i.e. written by an
+    older version or by hand) → :class:`IdentityMismatchError` with the per-field diff and the fix.
+    ``overwrite=True`` deletes the listed ``artefacts`` (files or folders inside ``folder``) and the stored
+    identity first, so the folder starts afresh.
+    """
+    from moras_interp.readers import read_json
+
+    root = Path(folder)
+    path = root / name
+    if overwrite:
+        had = [a for a in (*artefacts, name) if (root / a).exists()]
+        for a in had:
+            p = root / a
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _write_identity(path, identity)
+        return "overwritten" if had else "new"
+    present = [a for a in artefacts if (root / a).exists()]
+    if path.exists():
+        old = RunIdentity.from_dict(read_json(path), str(path))
+        diffs = old.diff(identity, merge)
+        if not diffs:
+            merged = identity.to_dict()
+            for f in merge:
+                merged[f] = old.to_dict()[f] | merged[f]
+            if merged != old.to_dict():
+                _write_identity(path, RunIdentity.from_dict(merged))
+            return "same"
+        why = f"{root} holds {old.kind} results of a different run:\n" + "\n".join(diffs)
+    elif present:
+        why = (f"{root} holds {', '.join(present)} but no {name} (written by an older version or by hand), so "
+               "they cannot be matched to this run")
+    else:
+        _write_identity(path, identity)
+        return "new"
+    raise IdentityMismatchError(why + "\nReusing them would mix runs: pass --overwrite (overwrite=True) to "
+                                "discard them, or use a new output folder.")
+
+
+def _write_identity(path: Path, identity: RunIdentity) -> None:
+    atomic_write_text(path, json.dumps(identity.to_dict(), indent=1, sort_keys=True))
+
+
+__all__ = ["IdentityMismatchError", "RunIdentity", "canonical_json", "check_or_write", "data_fingerprint",
+           "flat_diff", "model_fingerprint", "model_identity", "package_version", "processor_fingerprint",
+           "sha256_json", "tensors_fingerprint", "weight_files", "weights_fingerprint"]
