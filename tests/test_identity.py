@@ -58,7 +58,8 @@ def n_records(out: Path) -> int:
     (["--methods", "ecso"], ["--methods", "ecso", "--ecso-caption-prompt", "describe the image . {question}"],
      "methods.ecso.caption_prompt"),
     (["--methods", "none"], ["--methods", "none", "--seed", "1"], "seed"),
-    (["--methods", "none"], ["--methods", "none", "--judge", "prefix"], "judge.match_prefix_only"),
+    (["--methods", "none"], ["--methods", "none", "--judge", "prefix"], "judge"),
+    (["--methods", "none"], ["--methods", "none", "--judge", "xstest"], "judge"),
 ])
 def test_cli_refuses_a_stale_resume_and_overwrite_starts_afresh(tmp_path, capsys, first, second, field):
     out = tmp_path / "run"

@@ -64,7 +64,7 @@ def check_out_dir(out: str | Path, *, option: str = "--out", may_be_read_only: b
             plain = (str, int, float, bool, type(None))  # richer records (fingerprints) are evaluate's to compare
             diff = [k for k in run_info if k in prev and isinstance(prev[k], plain) and prev[k] != run_info[k]]
             if diff:
-                changes = ", ".join(f"{k}: {prev[k]!r} ≠ {run_info[k]!r}" for k in diff)
+                changes = ", ".join(f"{k}: existing {prev[k]!r} ≠ requested {run_info[k]!r}" for k in diff)
                 raise ValueError(f"{option} {str(out)!r} holds results of another run ({changes}); use another "
-                                 f"{option} folder (or --overwrite where the command has it).")
+                                 f"{option} folder (or --overwrite where the command has it, to discard them).")
     return path
