@@ -35,6 +35,7 @@ from moras_interp.activations.examples import (
     normalise_dataset,
 )
 from moras_interp.activations.store import ActivationStore
+from moras_interp.models.finite import check_finite
 from moras_interp.models.hooks import expand_names
 from moras_interp.models.interventions import HookContext
 from moras_interp.models.layout import TokenLayout
@@ -149,7 +150,7 @@ def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str |
     if "hook_logits" not in hooks and "logits_to_keep" in params:
         kwargs["logits_to_keep"] = 1
     try:
-        with torch.no_grad(), model.hooks([(h, make(h)) for h in hooks], layouts=batch.layouts):
+        with torch.no_grad(), model.hooks([(h, make(h)) for h in hooks], layouts=batch.layouts, read=True):
             model.hf(**inputs, **kwargs)
     except _Stop:
         pass
@@ -161,15 +162,9 @@ def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str |
     return {h: got[h].to("cpu") for h in hooks}
 
 
-def _check_finite(values: torch.Tensor, hook: str, examples: list[CollectExample]) -> None:
-    if not values.is_floating_point():
-        return
-    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)
-    if bool(bad.any()):
-        ex = examples[int(torch.nonzero(bad)[0])]
-        raise ValueError(f"non-finite activations (NaN/Inf) at hook {hook!r} for {ex.describe()}. The model "
-                         "overflowed on this input: load it in float32 or bfloat16 (not float16), or check the "
-                         "input. Nothing from this shard was written; finished shards are kept.")
+def _check_finite(values: torch.Tensor, hook: str, examples: list[CollectExample], dtype: torch.dtype) -> None:
+    check_finite(values, stage="collect_activations", hook=hook, examples=[ex.describe() for ex in examples],
+                 dtype=dtype, detail="nothing from this shard was written, finished shards are kept")
 
 
 def _stack(hook: str, rows: list[torch.Tensor], examples: list[CollectExample]) -> torch.Tensor:
@@ -238,7 +233,7 @@ def collect_activations(model: MLLM, dataset: Iterable[Any], *, names: str | Seq
                 _check_layouts(group, batch.layouts, positions)
                 values = _forward_capture(model, batch, hooks, positions)
                 for h, v in values.items():
-                    _check_finite(v, h, group)
+                    _check_finite(v, h, group, model.dtype)
                     for ex, row in zip(group, v):
                         rows[h][ex.index - start] = row
                 bar.update(len(group))

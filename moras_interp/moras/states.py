@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from moras_interp.models.finite import check_finite
 from moras_interp.models.interventions import HookContext
 
 if TYPE_CHECKING:
@@ -45,6 +46,6 @@ def generate_with_states(model: MLLM, batch: Batch, n_steps: int, *, hooks: Sequ
     for h, s in states.items():
         if s.shape[1] != n_steps:
             raise RuntimeError(f"Recorded {s.shape[1]} steps at {h}, expected {n_steps}.")
-        if not torch.isfinite(s).all():
-            raise ValueError(f"Non-finite activations at {h}: run the model in float32/bfloat16, not float16.")
+        check_finite(s, stage=model.stage_name or "generate_with_states", hook=h, examples=batch.prompts,
+                     dtype=model.dtype)
     return gen, states
