@@ -18,8 +18,8 @@ hooks run, so ``model.read`` of an output edited here is refused; inside a trace
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
