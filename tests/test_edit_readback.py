@@ -107,14 +107,14 @@ def test_reads_follow_every_edit_whenever_installed(models: Callable[..., MLLM])
     batch, v = _batch(model), _shift(model)
     seen: dict[str, torch.Tensor] = {}
     rec, _ = _torch_reference(model, "llava", v, lambda: model.hf(**batch.inputs))
-    with model.hooks([(H, lambda x, _c: seen.setdefault("read", x.clone()))], read=True):
-        with model.hooks([(H, _edit(v))]), model.hooks([(H, lambda x, _c: 2 * x)]):
-            model.forward(batch)
+    reader = model.hooks([(H, lambda x, _c: seen.setdefault("read", x.clone()))], read=True)
+    with reader, model.hooks([(H, _edit(v))]), model.hooks([(H, lambda x, _c: 2 * x)]):
+        model.forward(batch)
     torch.testing.assert_close(seen["read"], 2 * rec[0], atol=2 * ATOL, rtol=0)  # (x + v) · 2, not 2x + v
     # an nnsight trace reads outputs before torch hooks run: refused instead of returning the unedited value
-    with model.hooks([(H, _edit(v))]), pytest.raises(ValueError, match=r"sees the value BEFORE the model\.hooks edit"):
-        with torch.no_grad(), model.trace(batch):
-            model.read(H).save()
+    refused = pytest.raises(ValueError, match=r"sees the value BEFORE the model\.hooks edit")
+    with model.hooks([(H, _edit(v))]), refused, torch.no_grad(), model.trace(batch):
+        model.read(H).save()
 
 
 def test_vision_hook_reads_the_edited_value(models: Callable[..., MLLM]) -> None:

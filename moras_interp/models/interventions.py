@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moras_interp.models.finite import check_finite
+from moras_interp.models.finite import check_finite, is_finite
 from moras_interp.models.hooks import HookPoint
 from moras_interp.models.layout import TokenLayout
 
@@ -135,13 +135,14 @@ class _Dispatcher:
             new = e.fn(value, ctx)
             if e.read:
                 continue
-            out = value if new is None else new
-            if isinstance(out, torch.Tensor):
-                check_finite(out, stage=e.stage(), hook=e.point.name, dtype=e.dtype,
-                             detail=f"step {ctx.step}, after the edit function "
-                                    f"{getattr(e.fn, '__qualname__', type(e.fn).__name__)}")
-            if new is not None:
-                replace(e.point, new)
+            if new is None:  # an observer or an in-place edit: the logits check downstream catches NaN
+                continue
+            if isinstance(new, torch.Tensor) and not is_finite(new):
+                fn = getattr(e.fn, "__qualname__", type(e.fn).__name__)
+                where = ("the value reaching the edit function {} was already non-finite" if not is_finite(value)
+                         else "after the edit function {}").format(fn)
+                check_finite(new, stage=e.stage(), hook=e.point.name, dtype=e.dtype, detail=f"step {ctx.step}, {where}")
+            replace(e.point, new)
 
     def _pre(self, _m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         live = self._live()
@@ -218,8 +219,9 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
     """Installs hooks and returns a handle (call ``handle.remove()``; prefer the ``model.hooks`` context).
 
     ``read=True``: the functions only observe (their return value is ignored) and run after every edit at
-    the same hook, whenever either was installed. Edits run in installation order. An edit whose result
-    holds NaN/Inf raises :class:`~moras_interp.models.finite.NonFiniteError` naming the hook and stage.
+    the same hook, whenever either was installed. Edits run in installation order. An edit that returns a
+    value holding NaN/Inf raises :class:`~moras_interp.models.finite.NonFiniteError` naming the hook, the
+    stage (``model.stage``) and whether the value was already non-finite before the edit.
     """
     allowed = _step_set(steps)
     decode_only = steps == "decode"

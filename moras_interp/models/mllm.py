@@ -104,13 +104,19 @@ class MLLM:
         return " / ".join(self._stages) or None
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Label what runs inside the block (``"MoRAS context"``); finite-check errors name it."""
-        self._stages.append(str(name))
+    def stage(self, name: str, *, default: bool = False) -> Iterator[None]:
+        """Label what runs inside the block (``"MoRAS context"``); finite-check errors name it.
+
+        ``default=True`` labels only if no label is set (how ``generate`` and ``run_with_cache`` name themselves).
+        """
+        push = not (default and self._stages)
+        if push:
+            self._stages.append(str(name))
         try:
             yield
         finally:
-            self._stages.pop()
+            if push:
+                self._stages.pop()
 
     def hook_names(self) -> list[str]:
         """Every canonical hook name of this model, in execution order."""
@@ -220,14 +226,14 @@ class MLLM:
                 saved.setdefault(name, value)  # the first call, as an nnsight read
             return fn
 
-        with _iv.hooks(self, [(n, keep(n)) for n in wanted], read=True):
+        with self.stage("run_with_cache", default=True), _iv.hooks(self, [(n, keep(n)) for n in wanted], read=True):
+            stage = self.stage_name or "run_with_cache"
             logits = self.hf(**self._inputs(batch)).logits
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
         mask = batch.inputs.get("attention_mask") if isinstance(batch, Batch) else None
         prompts = batch.prompts if isinstance(batch, Batch) else None
-        stage = self.stage_name or "run_with_cache"
         for n, v in [*saved.items(), ("hook_logits", logits)]:
             if is_finite(v):
                 continue
@@ -270,10 +276,11 @@ class MLLM:
             kwargs.setdefault("no_repeat_ngram_size", 0)
         if return_logits:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
-        check = FiniteLogits(self.stage_name or "generate", batch.prompts if isinstance(batch, Batch) else None,
-                             self.dtype, lambda: self._nonfinite_hint(inputs))
-        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), check])
-        out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+        with self.stage("generate", default=True):
+            check = FiniteLogits(self.stage_name or "generate", batch.prompts if isinstance(batch, Batch) else None,
+                                 self.dtype, lambda: self._nonfinite_hint(inputs))
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), check])
+            out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
         seq = out if isinstance(out, torch.Tensor) else out.sequences
         new = seq[:, inputs["input_ids"].shape[1]:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
