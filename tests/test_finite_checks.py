@@ -82,6 +82,9 @@ def test_generate_names_step_row_and_prompt(tiny: Any) -> None:
     with model.stage("my experiment"), broken(model), pytest.raises(NonFiniteError, match="'my experiment'"):
         model.generate(batch, max_new_tokens=2)
     model.generate(batch, max_new_tokens=2)  # fine again once the fault is gone
+    batch.inputs["pixel_values"][1] = float("nan")  # broken image preprocessing is pointed at
+    with pytest.raises(NonFiniteError, match=r"pixel_values of batch row \[1\] are already non-finite"):
+        model.generate(batch, max_new_tokens=2)
 
 
 def test_an_edit_returning_nan_is_named(tiny: Any) -> None:

@@ -98,6 +98,17 @@ def check_finite(t: torch.Tensor, *, stage: str, hook: str | None = None, exampl
         stage=stage, hook=hook, rows=rows)
 
 
+def pixel_hint(inputs: dict) -> str:
+    """``"; pixel_values of batch row [1] are already non-finite …"`` when the processed images hold NaN/Inf."""
+    pix = inputs.get("pixel_values")
+    if not isinstance(pix, torch.Tensor) or is_finite(pix):
+        return ""
+    if pix.ndim > 0 and pix.shape[0] == inputs["input_ids"].shape[0]:
+        rows = torch.nonzero(bad_rows(pix)).flatten().tolist()
+        return f"; pixel_values of {describe_rows(rows, None)} are already non-finite (image preprocessing)"
+    return "; pixel_values are already non-finite (image preprocessing)"
+
+
 class FiniteLogits(LogitsProcessor):
     """A logits processor for HF ``generate`` that checks the scores of every step (one reduction per step).
 

@@ -14,7 +14,7 @@ from moras_interp.models import interventions as _iv
 from moras_interp.models.adapters import Adapter, get_adapter
 from moras_interp.models.batch import Batch, ImageInput, prepare_batch
 from moras_interp.models.cache import ActivationCache
-from moras_interp.models.finite import FiniteLogits, check_finite, describe_rows, is_finite
+from moras_interp.models.finite import FiniteLogits, check_finite, is_finite, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
 
 
@@ -289,14 +289,7 @@ class MLLM:
 
     def _nonfinite_hint(self, inputs: dict[str, Any]) -> str:
         """Where NaN/Inf may come from (only computed once an error is certain)."""
-        hint = ""
-        pix = inputs.get("pixel_values")
-        if isinstance(pix, torch.Tensor) and pix.ndim > 0 and pix.shape[0] == inputs["input_ids"].shape[0] \
-                and not is_finite(pix):
-            rows = torch.nonzero(~torch.isfinite(pix.reshape(pix.shape[0], -1)).all(1)).flatten().tolist()
-            hint += f"; pixel_values of {describe_rows(rows, None)} are already non-finite (image preprocessing)"
-        elif isinstance(pix, torch.Tensor) and not is_finite(pix):
-            hint += "; pixel_values are already non-finite (image preprocessing)"
+        hint = pixel_hint(inputs)
         edited = _iv.edited_hooks(self)
         if edited:
             hint += f"; edits are installed at {edited[:6]}{' …' if len(edited) > 6 else ''}"
