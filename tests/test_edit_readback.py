@@ -137,3 +137,28 @@ def test_vision_hook_reads_the_edited_value(models: Callable[..., MLLM]) -> None
     finally:
         h.remove()
     torch.testing.assert_close(cache[name], rec[0], atol=ATOL, rtol=0)
+
+
+def test_cross_modal_attention_sees_an_edit_upstream(models: Callable[..., MLLM]) -> None:
+    """Attention rows of layer 1 under an edit of its input == HF's eager attentions under a torch pre-hook."""
+    from moras_interp.attention import cross_modal_attention
+
+    model = models("llava")
+    batch, v = _batch(model), _shift(model)
+    with model.hooks([(NEXT, _edit(v))]):
+        got = cross_modal_attention(model, batch, layers=[1]).rows[:, 0, :, 0]  # [b, H, keys] of the last token
+    layer = model.hf.get_submodule(DECODER["llava"]).layers[1]
+
+    def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args:
+            return (args[0] + v, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + v}
+
+    h = layer.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
+    try:
+        with torch.no_grad():
+            ref = model.hf(**batch.inputs, output_attentions=True).attentions[1][:, :, -1].float()
+    finally:
+        h.remove()
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert (got - cross_modal_attention(model, batch, layers=[1]).rows[:, 0, :, 0]).abs().max() > 1e-4
