@@ -10,7 +10,7 @@ Each example is reduced to one vector per hook: ``"last"`` (the last prompt posi
 and image examples go into separate batches (so architectures whose processors cannot mix them work).
 
 Values are read with plain torch hooks on the modules behind the canonical names (no nnsight trace, so no
-per-trace overhead); the forward stops as soon as the last requested hook has fired, and the logits are
+per-trace overhead), after any edit installed with ``model.hooks`` (the edited value is collected); the forward stops as soon as the last requested hook has fired, and the logits are
 computed for the last position only unless ``hook_logits`` is requested. Shards of ``shard_size`` examples
 are written atomically (see :class:`ActivationStore`), so a killed run resumes where it stopped; reopening
 with another model, dataset, hooks, positions, dtype, shard size or prompt format is refused.
