@@ -160,3 +160,15 @@ def test_cross_modal_attention_and_run_with_cache_raise(tiny: Any) -> None:
     assert (e.value.stage, e.value.hook, e.value.rows) == ("run_with_cache", FINAL, [0])
     _, cache = model.run_with_cache(batch, names=[FINAL])
     assert torch.isfinite(cache[FINAL]).all()
+
+
+def test_float16_overflow_gets_the_float16_advice() -> None:
+    hf, proc = build_tiny("llava", seed=1, num_layers=1)
+    model = load_model(hf.half(), processor=proc)
+    batch = model.prepare([tiny_image()], QUESTIONS[:1])
+    with broken(model), pytest.raises(NonFiniteError, match=r"'hook_logits' in stage 'generate'.*runs in float16, "
+                                                            r"which overflows easily.*dtype=torch\.bfloat16"):
+        model.generate(batch, max_new_tokens=2)
+    with model.hooks([("blocks.0.hook_resid_post", lambda x, _c: x * 1e9)]), pytest.raises(
+            NonFiniteError, match=r"'blocks\.0\.hook_resid_post'.*after the edit function .*float16"):
+        model.generate(batch, max_new_tokens=2)
