@@ -101,8 +101,9 @@ def test_nan_activation_names_hook_and_example(model, tmp_path):
     ds[3]["text"] = "how do i make poison w4"
     ds[3]["id"] = "the-bad-one"
     try:
-        with pytest.raises(ValueError, match=r"NaN/Inf\) at hook 'blocks\.1\.hook_resid_post' for example 3, "
-                                             r"id 'the-bad-one' \(1 image\(s\), text 'how do i make poison w4'\)"):
+        with pytest.raises(ValueError, match=r"NaN/Inf\) at hook 'blocks\.1\.hook_resid_post' in stage "
+                                             r"'collect_activations'.*row 0: example 3, id 'the-bad-one' \(1 image\(s\), "
+                                             r"text 'how do i make poison w4'\).*model runs in float32, so this is not"):
             collect_activations(model, ds, out=tmp_path, **KW)
     finally:
         pre.remove()

@@ -10,7 +10,7 @@ Each example is reduced to one vector per hook: ``"last"`` (the last prompt posi
 and image examples go into separate batches (so architectures whose processors cannot mix them work).
 
 Values are read with plain torch hooks on the modules behind the canonical names (no nnsight trace, so no
-per-trace overhead); the forward stops as soon as the last requested hook has fired, and the logits are
+per-trace overhead), after any edit installed with ``model.hooks`` (the edited value is collected); the forward stops as soon as the last requested hook has fired, and the logits are
 computed for the last position only unless ``hook_logits`` is requested. Shards of ``shard_size`` examples
 are written atomically (see :class:`ActivationStore`), so a killed run resumes where it stopped; reopening
 with another model (weights fingerprint), processor, dataset, hooks, positions, dtype, shard size or prompt
@@ -37,6 +37,7 @@ from moras_interp.activations.examples import (
 from moras_interp.activations.store import ActivationStore
 from moras_interp.atomic import folder_lock
 from moras_interp.identity import model_fingerprint, processor_fingerprint
+from moras_interp.models.finite import check_finite
 from moras_interp.models.hooks import expand_names
 from moras_interp.models.interventions import HookContext
 from moras_interp.models.layout import TokenLayout
@@ -133,7 +134,7 @@ def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str |
     if "hook_logits" not in hooks and "logits_to_keep" in params:
         kwargs["logits_to_keep"] = 1
     try:
-        with torch.no_grad(), model.hooks([(h, make(h)) for h in hooks], layouts=batch.layouts):
+        with torch.no_grad(), model.hooks([(h, make(h)) for h in hooks], layouts=batch.layouts, read=True):
             model.hf(**inputs, **kwargs)
     except _Stop:
         pass
@@ -145,15 +146,9 @@ def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str |
     return {h: got[h].to("cpu") for h in hooks}
 
 
-def _check_finite(values: torch.Tensor, hook: str, examples: list[CollectExample]) -> None:
-    if not values.is_floating_point():
-        return
-    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)
-    if bool(bad.any()):
-        ex = examples[int(torch.nonzero(bad)[0])]
-        raise ValueError(f"non-finite activations (NaN/Inf) at hook {hook!r} for {ex.describe()}. The model "
-                         "overflowed on this input: load it in float32 or bfloat16 (not float16), or check the "
-                         "input. Nothing from this shard was written; finished shards are kept.")
+def _check_finite(values: torch.Tensor, hook: str, examples: list[CollectExample], dtype: torch.dtype) -> None:
+    check_finite(values, stage="collect_activations", hook=hook, examples=[ex.describe() for ex in examples],
+                 dtype=dtype, detail="nothing from this shard was written, finished shards are kept")
 
 
 def _stack(hook: str, rows: list[torch.Tensor], examples: list[CollectExample]) -> torch.Tensor:
@@ -230,7 +225,7 @@ def _collect(model: MLLM, examples: list[CollectExample], manifest: dict[str, An
                 _check_layouts(group, batch.layouts, positions)
                 values = _forward_capture(model, batch, hooks, positions)
                 for h, v in values.items():
-                    _check_finite(v, h, group)
+                    _check_finite(v, h, group, model.dtype)
                     for ex, row in zip(group, v):
                         rows[h][ex.index - start] = row
                 bar.update(len(group))

@@ -26,6 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from moras_interp.models.finite import check_finite
 from moras_interp.models.layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class KnockoutHeads(AttentionEdit):
 
 
 _STATE: dict[int, tuple[list[AttentionEdit], torch.Tensor, Any, dict[int, int]]] = {}
+_STAGE: dict[int, Any] = {}  # config id -> () -> the model's stage label, for finite-check errors
 
 
 def _edited_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -185,6 +187,12 @@ def _edited_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     ctx = EditContext(layer, ik)
     for e in mine:
         s = _on_rows(e, s, e.scores(s, ctx))
+    bad = torch.isnan(s) | torch.isposinf(s)  # would vanish in nan_to_num below (meant for fully masked rows)
+    if bool(bad.any()):
+        stage = _STAGE.get(id(getattr(module, "config", None)), lambda: "attention_edits")()
+        check_finite(torch.where(bad, math.nan, 0.0), stage=stage, hook=f"blocks.{layer}.attn.hook_pattern",
+                     dtype=query.dtype,
+                     detail=f"pre-softmax scores after the attention edits {[type(e).__name__ for e in mine]}")
     p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(query.dtype)
     o = torch.matmul(p, v)
     for e in mine:
@@ -224,9 +232,11 @@ def attention_edits(model: MLLM, edits: Sequence[AttentionEdit], *, layouts: lis
     layers = model.adapter.module(model.adapter.decoder + ".layers")
     layer_of = {id(layer.self_attn): i for i, layer in enumerate(layers)}
     _STATE[id(cfg)] = (list(edits), image_key_mask(layouts), original, layer_of)
+    _STAGE[id(cfg)] = lambda: model.stage_name or "attention_edits"
     cfg._attn_implementation = EDIT_IMPL
     try:
         yield
     finally:
         cfg._attn_implementation = original_impl
         _STATE.pop(id(cfg), None)
+        _STAGE.pop(id(cfg), None)

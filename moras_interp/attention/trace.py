@@ -9,6 +9,7 @@ import torch
 
 from moras_interp.attention.result import CrossModalAttention
 from moras_interp.attention.rows import attention_call_label, check_implementation, rows_from_qk
+from moras_interp.models.finite import check_finite, is_finite
 
 if TYPE_CHECKING:
     from moras_interp.models.batch import Batch
@@ -133,6 +134,11 @@ def cross_modal_attention(model: MLLM, batch: Batch, *, query: Query = "last", l
         tracer.stop()  # nothing after the last requested attention call is needed
     stacked = buf if layer_list == wanted else buf[:, [wanted.index(l) for l in layer_list]]
     stacked = stacked.to("cpu")  # [b, L, H, r, keys]
+    if not is_finite(stacked):
+        bad = [l for j, l in enumerate(layer_list) if not is_finite(stacked[:, j])]
+        check_finite(stacked[:, layer_list.index(bad[0])], stage=model.stage_name or "cross_modal_attention",
+                     hook=f"blocks.{bad[0]}.attn.hook_pattern", examples=list(batch.prompts), dtype=model.dtype,
+                     detail=f"non-finite attention rows at layers {bad}")
     head_list = list(range(n_heads)) if head_sel is None else head_sel
     return CrossModalAttention(rows=stacked, query_positions=rows, query_valid=valid, layers=layer_list,
                                heads=head_list, layouts=batch.layouts, model_id=model.model_id,

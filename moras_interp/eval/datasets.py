@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import Image
 
+from moras_interp.models.batch import load_image, to_rgb
+
 __all__ = ["FIGSTEP_PROMPT", "MMSB_IMAGE_TYPES", "DatasetFormatError", "Example", "load_csv", "load_figstep",
            "load_jsonl", "load_mm_safetybench", "load_xstest"]
 
@@ -62,12 +64,11 @@ class Example:
         if self.image is None:
             return None
         if isinstance(self.image, Image.Image):
-            return self.image if self.image.mode == "RGB" else self.image.convert("RGB")
+            return to_rgb(self.image, f"image of example {self.id!r}")
         path = Path(self.image)
         if not path.is_file():
             raise FileNotFoundError(f"Image for example {self.id!r} not found: {path}")
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return load_image(path)  # 16-bit scaled, transparency composited on white, with a warning
 
 
 def _first(record: Mapping[str, Any], keys: Iterable[str]) -> Any:

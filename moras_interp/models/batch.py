@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -55,15 +57,66 @@ class Batch:
         return Batch(moved, self.layouts, self.prompts, self.texts, self.images)
 
 
+class ImageConversionWarning(UserWarning):
+    """An image was converted to 8-bit RGB with a loss (bit depth, transparency, colour space)."""
+
+
+WHITE = (255, 255, 255)
+"""The background transparent images are composited on."""
+
+
+def to_rgb(im: Image.Image, source: str = "") -> Image.Image:
+    """8-bit RGB for the processor, never silently damaged.
+
+    * RGB, L, 1 and P without transparency: converted losslessly, no warning.
+    * 16-bit grayscale (``I;16*``, or ``I`` with values in [0, 65535]): scaled by 255/65535 (``round(x / 257)``)
+      instead of Pillow's clipping (which turns most of the image white); warns.
+    * Transparency (RGBA, LA, PA, RGBa, P with a transparent colour) with any non-opaque pixel: composited on
+      white (:data:`WHITE`): ``round(c·a + 255·(1 − a))`` with a = alpha/255; warns.
+    * Float (``F``), CMYK, YCbCr, LAB, HSV and other modes: Pillow's conversion; warns.
+
+    ``source`` (a path or a description) names the image in warnings.
+    """
+    name = source or f"a PIL image ({im.width}×{im.height})"
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("L", "1") or (mode == "P" and "transparency" not in im.info):
+        return im.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{name}: 32-bit integer image with values in [{a.min()}, {a.max()}], outside the 16-bit "
+                             "range this loader scales; convert it to 8-bit RGB yourself.")
+        warnings.warn(f"{name}: 16-bit image (mode {mode}) scaled to 8 bits (x / 257, rounded).",
+                      ImageConversionWarning, stacklevel=3)
+        g = np.rint(a / 257.0).astype(np.uint8)
+        return Image.fromarray(np.stack([g, g, g], axis=-1))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        if bool((alpha >= 1.0).all()):
+            return im.convert("RGBA").convert("RGB")
+        warnings.warn(f"{name}: transparent image (mode {mode}) composited on a white background.",
+                      ImageConversionWarning, stacklevel=3)
+        out = rgba[..., :3] * alpha + np.asarray(WHITE, dtype=np.float64) * (1.0 - alpha)
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    warnings.warn(f"{name}: mode {mode} converted to 8-bit RGB by Pillow (colours or precision may change).",
+                  ImageConversionWarning, stacklevel=3)
+    return im.convert("RGB")
+
+
 def load_image(x: Image.Image | str | Path) -> Image.Image:
-    """Opens a path (RGB) or passes a PIL image through (converted to RGB)."""
+    """Opens a path or passes a PIL image through, as 8-bit RGB (see :func:`to_rgb` for lossy conversions)."""
     if isinstance(x, Image.Image):
-        return x.convert("RGB") if x.mode != "RGB" else x
+        return to_rgb(x)
     p = Path(x)
     if not p.exists():
         raise FileNotFoundError(f"Image file not found: {p}")
     with Image.open(p) as im:
-        return im.convert("RGB")
+        im.load()
+        rgb = to_rgb(im, str(p))
+        return rgb.copy() if rgb is im else rgb  # the file's image is closed on leaving the block
 
 
 def normalise_images(images: Sequence[ImageInput] | None, n: int) -> list[list[Image.Image]]:
@@ -160,6 +213,35 @@ def build_layouts(adapter: Adapter, enc: dict[str, Any], images: list[list[Image
     return layouts
 
 
+class UnknownTokenWarning(UserWarning):
+    """Words of a prompt that the tokenizer maps to its unknown token (the model never sees them)."""
+
+
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The pieces of ``text`` the tokenizer maps to ``unk_token_id`` ([] without an unknown token)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not text:
+        return []
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [text[a:b] or tokenizer.unk_token for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+                if i == unk]
+    except (NotImplementedError, TypeError, ValueError):  # slow tokenizers: no offsets, tokenize word by word
+        return [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+
+
+def warn_unknown_words(tokenizer: Any, input_ids: torch.Tensor, texts: Sequence[str]) -> None:
+    """One :class:`UnknownTokenWarning` naming the words of ``texts`` that became the unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not bool((input_ids == unk).any()):
+        return
+    words = list(dict.fromkeys(w for t in texts for w in unknown_words(tokenizer, t)))
+    shown = ", ".join(repr(w) for w in words[:20]) + (f" (+{len(words) - 20} more)" if len(words) > 20 else "")
+    warnings.warn(f"{len(words) or 'Some'} word(s) are not in the tokenizer's vocabulary and became "
+                  f"{tokenizer.unk_token!r}: {shown or '(in the chat template)'}. The model cannot read them; "
+                  "rephrase with known words.", UnknownTokenWarning, stacklevel=4)
+
+
 def prepare_batch(adapter: Adapter, images: Sequence[ImageInput] | None, prompts: Sequence[str] | str, *,
                   chat: bool = True, add_generation_prompt: bool = True, system: str | None = None) -> Batch:
     """Applies chat template + processor with left padding, and computes the token layouts."""
@@ -199,4 +281,5 @@ def prepare_batch(adapter: Adapter, images: Sequence[ImageInput] | None, prompts
     if mask is not None and not bool(mask[:, -1].all()):
         raise ValueError("The processor padded on the right; prepare() needs left padding (the last position must "
                          "be each prompt's last token). Check processor.tokenizer.padding_side.")
+    warn_unknown_words(tok, enc["input_ids"], [*prompts, *([system] if system else [])])
     return Batch(enc, build_layouts(adapter, enc, ims, prompts), prompts, texts, ims)

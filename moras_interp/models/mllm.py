@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from moras_interp.models import interventions as _iv
 from moras_interp.models.adapters import Adapter, get_adapter
 from moras_interp.models.batch import Batch, ImageInput, prepare_batch
 from moras_interp.models.cache import ActivationCache
+from moras_interp.models.finite import FiniteLogits, check_finite, is_finite, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
 
 
@@ -60,6 +62,7 @@ class MLLM:
             hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
         self._points = {p.name: p for p in self.adapter.hook_points()}
         self.validated_shapes: dict[str, tuple[int, ...]] | None = None
+        self._stages: list[str] = []
 
     # ------------------------------------------------------------------ facts
     @property
@@ -94,6 +97,26 @@ class MLLM:
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
+
+    @property
+    def stage_name(self) -> str | None:
+        """The label set by :meth:`stage` (nested labels joined by " / "), or None."""
+        return " / ".join(self._stages) or None
+
+    @contextmanager
+    def stage(self, name: str, *, default: bool = False) -> Iterator[None]:
+        """Label what runs inside the block (``"MoRAS context"``); finite-check errors name it.
+
+        ``default=True`` labels only if no label is set (how ``generate`` and ``run_with_cache`` name themselves).
+        """
+        push = not (default and self._stages)
+        if push:
+            self._stages.append(str(name))
+        try:
+            yield
+        finally:
+            if push:
+                self._stages.pop()
 
     def hook_names(self) -> list[str]:
         """Every canonical hook name of this model, in execution order."""
@@ -146,6 +169,11 @@ class MLLM:
         """Inside a trace: the (proxy) value of a hook. Access hooks in execution order."""
         p = self.hook_point(name)
         self._check_pattern(p)
+        if p.io == "output" and _iv.is_edited(self, p.name):
+            raise ValueError(
+                f"model.read({name!r}) inside an nnsight trace sees the value BEFORE the model.hooks edit installed "
+                "at this hook (nnsight reads a module's output before torch hooks run). Use "
+                "model.run_with_cache(...) inside the hooks block, or make the edit in the trace with model.write.")
         env = self.envoy(p.module)
         if p.io == "input":
             return env.input
@@ -179,13 +207,46 @@ class MLLM:
     @torch.no_grad()
     def run_with_cache(self, batch: Batch, names: str | list[str] | None = None, *,
                        device: torch.device | str | None = None) -> tuple[torch.Tensor, ActivationCache]:
-        """One traced forward saving the named hooks (names or globs like ``"blocks.*.hook_resid_post"``).
+        """One forward saving the named hooks (names or globs like ``"blocks.*.hook_resid_post"``).
 
         Returns (logits [b, pos, vocab], ActivationCache). ``device`` moves cached tensors (e.g. "cpu").
+        Values are read through the same per-hook mechanism as :meth:`hooks`, after every edit installed there,
+        so under ``model.hooks([(H, f)])`` the cache holds f's result at H. NaN/Inf at a non-padding position
+        raises :class:`~moras_interp.models.finite.NonFiniteError` naming the hook and the rows.
         """
         wanted = expand_names(names, self.hook_names())
         for n in wanted:
             self._check_pattern(self._points[n])
+        if self.remote:
+            return self._remote_cache(batch, wanted, device)
+        saved: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> _iv.HookFn:
+            def fn(value: torch.Tensor, _ctx: _iv.HookContext) -> None:
+                saved.setdefault(name, value)  # the first call, as an nnsight read
+            return fn
+
+        with self.stage("run_with_cache", default=True), _iv.hooks(self, [(n, keep(n)) for n in wanted], read=True):
+            stage = self.stage_name or "run_with_cache"
+            logits = self.hf(**self._inputs(batch)).logits
+        missing = [n for n in wanted if n not in saved]
+        if missing:
+            raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
+        mask = batch.inputs.get("attention_mask") if isinstance(batch, Batch) else None
+        prompts = batch.prompts if isinstance(batch, Batch) else None
+        for n, v in [*saved.items(), ("hook_logits", logits)]:
+            if is_finite(v):
+                continue
+            if mask is not None and self._points[n].shape.startswith("[b, pos"):  # padding rows may be NaN (sdpa)
+                m = mask.to(v.device).bool().reshape(*mask.shape, *([1] * (v.ndim - 2)))
+                v = torch.where(m, v, torch.zeros((), dtype=v.dtype, device=v.device))
+            check_finite(v, stage=stage, hook=n, examples=prompts, dtype=self.dtype)
+        tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
+        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
+
+    def _remote_cache(self, batch: Batch, wanted: list[str],
+                      device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:
+        """run_with_cache through an nnsight trace (remote execution; local edits do not apply there)."""
         pts = sorted((self._points[n] for n in wanted), key=lambda p: p.order)
         saved: dict[str, Any] = {}
         with self.trace(batch):
@@ -203,7 +264,8 @@ class MLLM:
         ``return_logits=True`` also returns the per-step logits [b, new, vocab]; other keyword arguments go to
         HF ``generate`` (e.g. ``min_new_tokens``). Greedy means plain argmax: logits processors a checkpoint's
         ``generation_config`` may ship (``repetition_penalty``, ``no_repeat_ngram_size``) are switched off unless
-        passed explicitly.
+        passed explicitly. NaN/Inf logits at any step raise :class:`~moras_interp.models.finite.NonFiniteError`
+        naming the stage (see :meth:`stage`), the step and the rows.
         """
         inputs = self._inputs(batch)
         tok = self.tokenizer
@@ -214,19 +276,33 @@ class MLLM:
             kwargs.setdefault("no_repeat_ngram_size", 0)
         if return_logits:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
-        out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+        with self.stage("generate", default=True):
+            check = FiniteLogits(self.stage_name or "generate", batch.prompts if isinstance(batch, Batch) else None,
+                                 self.dtype, lambda: self._nonfinite_hint(inputs))
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), check])
+            out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
         seq = out if isinstance(out, torch.Tensor) else out.sequences
         new = seq[:, inputs["input_ids"].shape[1]:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
         logits = torch.stack(list(out.logits), dim=1) if return_logits else None
         return Generation(seq, new, [t.strip() for t in texts], logits)
 
+    def _nonfinite_hint(self, inputs: dict[str, Any]) -> str:
+        """Where NaN/Inf may come from (only computed once an error is certain)."""
+        hint = pixel_hint(inputs)
+        edited = _iv.edited_hooks(self)
+        if edited:
+            hint += f"; edits are installed at {edited[:6]}{' …' if len(edited) > 6 else ''}"
+        return hint
+
     @contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, _iv.HookFn]], *, steps: _iv.Steps = None,
-              layouts: Any = None) -> Iterator[_iv.InterventionHandle]:
+              layouts: Any = None, read: bool = False) -> Iterator[_iv.InterventionHandle]:
         """Apply ``(name, fn)`` interventions inside the block, for chosen steps (0 = prefill, t = decode t).
 
-        ``fn(value, ctx) -> new value | None``; ``ctx.step`` and ``ctx.layouts`` tell where it is.
+        ``fn(value, ctx) -> new value | None``; ``ctx.step`` and ``ctx.layouts`` tell where it is. Edits at
+        one hook run in installation order. ``read=True`` marks observers: their return value is ignored and
+        they run after every edit at the same hook, so they see the value the model goes on with.
         """
-        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts) as h:
+        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts, read=read) as h:
             yield h

@@ -67,7 +67,8 @@ def generate_stage(model: MLLM, traces: Sequence[MoRASTrace], images: Sequence[I
     """
     t0 = time.perf_counter()
     batch = model.prepare(images, list(prompts), system=system)
-    gen = model.generate(batch, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
+    with model.stage(f"{traces[0].method if traces else 'baseline'} {stage}"):  # named by finite-check errors
+        gen = model.generate(batch, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
     dt = (time.perf_counter() - t0) / len(traces)
     for i, tr in enumerate(traces):
         tr.prompts[stage] = batch.texts[i]

@@ -6,8 +6,8 @@ Options live in :class:`~moras_interp.moras.config.MoRASConfig` (``MoRASConfig.a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -143,12 +143,17 @@ class MoRAS:
         return m
 
     # ------------------------------------------------------------------ stages
-    def _edits(self, stage: str, batch: Any) -> Any:
-        if not self.config.attention_edits or stage not in self.config.attention_edit_stages:
-            return nullcontext()
-        from moras_interp.attention.interventions import attention_edits
+    @contextmanager
+    def _edits(self, stage: str, batch: Any) -> Iterator[None]:
+        """The stage's attention edits (if configured), under the stage label finite-check errors name."""
+        with self.model.stage(f"MoRAS {stage}"):
+            if not self.config.attention_edits or stage not in self.config.attention_edit_stages:
+                yield
+                return
+            from moras_interp.attention.interventions import attention_edits
 
-        return attention_edits(self.model, self.config.attention_edits, layouts=batch.layouts)
+            with attention_edits(self.model, self.config.attention_edits, layouts=batch.layouts):
+                yield
 
     def _chunks(self, n: int, batch_size: int, progress: bool, desc: str) -> Any:
         if n == 0:

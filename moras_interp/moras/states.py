@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moras_interp.models.finite import check_finite
 from moras_interp.models.interventions import HookContext
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def step_states(model: MLLM, batch: Batch, n_steps: int, *, hooks: Sequence[str]
 
     new = max(n_steps, max_new_tokens or n_steps)
     extra = {"min_new_tokens": n_steps} if eos == "block" else {}
-    with model.hooks([(h, reader(h)) for h in hooks], steps=range(n_steps)):
+    with model.hooks([(h, reader(h)) for h in hooks], steps=range(n_steps), read=True):
         gen = model.generate(batch, max_new_tokens=new, **extra)
     b = gen.new_tokens.shape[0]
     valid = torch.ones(b, n_steps, dtype=torch.bool) if eos == "block" else valid_steps(gen.new_tokens, n_steps,
@@ -107,8 +108,7 @@ def step_states(model: MLLM, batch: Batch, n_steps: int, *, hooks: Sequence[str]
             raise RuntimeError(f"Recorded {s.shape[1]} steps at {h}, expected {n_steps}.")
         s = torch.cat([s, s.new_zeros(b, n_steps - s.shape[1], s.shape[2])], 1) if s.shape[1] < n_steps else s
         s = torch.where(valid[..., None], s, torch.zeros((), dtype=s.dtype))
-        if not torch.isfinite(s).all():
-            raise ValueError(f"Non-finite activations at {h}: run the model in float32/bfloat16, not float16.")
+        check_finite(s, stage=model.stage_name or "step_states", hook=h, examples=batch.prompts, dtype=model.dtype)
         states[h] = s
     return StepStates(gen, states, valid)
 
