@@ -28,7 +28,8 @@ import torch
 from moras_interp.attention.interventions import MaskTopImageTokens, attention_edits
 from moras_interp.attention.trace import cross_modal_attention
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
-from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _is_unsafe, unpack_examples
+from moras_interp.eval.labels import describe, safety_label
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig, unpack_examples
 from moras_interp.moras.prompts import reformulate
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import Calibration
@@ -41,16 +42,10 @@ Evaluator = Callable[[dict[str, Any], Sequence[Any]], list[dict[str, Any]]]
 _SHORTHANDS = ("steer_layer", "mask_top_visual", "safety_prompt_on", "prompt_variant")
 
 
-def _label(it: Any) -> str | None:
-    """"unsafe" / "safe" for safety labels (parsed as the pipeline does), None when unlabelled, and any other
-    label (e.g. a gold answer of a utility set) as given — never silently "safe"."""
-    lab = it[2] if isinstance(it, (tuple, list)) else getattr(it, "label", None)
-    if lab is None:
-        return None
-    try:
-        return "unsafe" if _is_unsafe(lab, 0) else "safe"
-    except ValueError:
-        return str(lab)
+def _label(it: Any, index: int) -> str | None:
+    """"unsafe" / "safe" by the one label rule (:func:`moras_interp.eval.labels.safety_label`; a utility example
+    with a gold answer is safe), None when unlabelled; an unknown label is an error naming the example."""
+    return safety_label(it, where=describe(it, index), required=False)
 
 
 def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None, *,
@@ -86,6 +81,7 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
             cfg["attention_edits"] = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))]
             cfg["attention_edit_stages"] = ("answer",)
         ims, qs, _ = unpack_examples(dataset, labels=False)
+        labels = [_label(it, i) for i, it in enumerate(dataset)]  # checked before the model runs
         if setting.get("prompt_variant") is not None:
             if not prompt_variants or setting["prompt_variant"] not in prompt_variants:
                 raise KeyError(f"prompt_variant {setting['prompt_variant']!r} is not in the evaluator's "
@@ -97,8 +93,8 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         traces = m.run(ims, qs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         dt = (time.perf_counter() - t0) / len(traces)
         refused = judge([t.answer for t in traces], qs)
-        return [{"label": _label(it), "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
-                 "latency_s": dt, "answer": t.answer} for it, t, rf in zip(dataset, traces, refused)]
+        return [{"label": lab, "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
+                 "latency_s": dt, "answer": t.answer} for lab, t, rf in zip(labels, traces, refused)]
 
     return evaluate
 
@@ -117,6 +113,7 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
         if unknown:
             raise KeyError(f"Unknown attention factor(s) {unknown}: use layer, heads, context, mask_top_visual.")
         ims, qs, _ = unpack_examples(dataset, labels=False)
+        labels = [_label(it, i) for i, it in enumerate(dataset)]  # checked before the model runs
         if setting.get("context"):
             if contexts is not None:
                 cache["ctx"] = list(contexts)
@@ -142,7 +139,7 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
                 if box is None:
                     raise ValueError(f"Example {i + j} has no box/region: the attention evaluator needs one.")
                 rs = att.region_share(j, box=tuple(box), heads=hs)
-                rows.append({"label": _label(dataset[i + j]), "share": rs.aggregated, "ratio": rs.ratio,
+                rows.append({"label": labels[i + j], "share": rs.aggregated, "ratio": rs.ratio,
                              "image_mass": float(att.image_mass(j).mean())})
         return rows
 

@@ -64,7 +64,7 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
 
 def _run(args: argparse.Namespace) -> int:
     from moras_interp.cli import build_parser
-    from moras_interp.moras.examples import toy_examples
+    from moras_interp.organisms.examples import toy_examples
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
                 return 2
             cal_spec = "toy"
         if cal_spec == "toy":
-            from moras_interp.moras.examples import toy_examples
+            from moras_interp.organisms.examples import toy_examples
 
             cal_spec = toy_examples(args.calibration_n, args.calibration_n, args.seed, split="calib")
         elif isinstance(cal_spec, str) and Path(cal_spec).expanduser().is_file():

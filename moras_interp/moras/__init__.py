@@ -3,7 +3,7 @@ baselines behind the same interface, and the evaluation runner."""
 
 from moras_interp.moras.baselines import ECSO, AdaShieldS, FixedSteering, Method, NoDefence, adashield_prompt
 from moras_interp.moras.evaluate import EvalResult, RecordStore, evaluate
-from moras_interp.moras.examples import load_examples, toy_examples
+from moras_interp.moras.examples import load_examples
 from moras_interp.moras.methods import METHODS, MoRASSetup, build_methods, choose_fixed_r, prepare_moras
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prototype import UnsafePrototype, default_harmful_prompts, default_harmful_prompts_for
@@ -15,4 +15,4 @@ __all__ = ["ECSO", "METHODS", "PRESETS", "AdaShieldS", "Calibration", "EvalResul
            "MoRAS", "MoRASConfig", "MoRASSetup", "MoRASTrace", "NoDefence", "RecordStore", "UnsafePrototype",
            "adashield_prompt", "build_methods", "choose_fixed_r", "default_harmful_prompts",
            "default_harmful_prompts_for", "evaluate", "load_examples", "prepare_moras", "similarity",
-           "summary_table", "toy_examples"]
+           "summary_table"]
