@@ -39,7 +39,7 @@ def test_tokenizer_without_pad_token_pads_with_eos() -> None:
 
 def test_unrecognised_labels_are_an_error_not_safe() -> None:
     assert _examples([(None, "q", "Unsafe "), (None, "q", "benign")])[2] == [True, False]
-    with pytest.raises(ValueError, match="label 'malicious'"):
+    with pytest.raises(ValueError, match="example 0: label 'malicious' is not a safety label"):
         _examples([(None, "q", "malicious")])
 
 

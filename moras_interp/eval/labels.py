@@ -30,6 +30,8 @@ from __future__ import annotations
 import numbers
 from typing import Any, Literal
 
+import numpy as np
+
 Label = Literal["unsafe", "safe"]
 
 UNSAFE_SPELLINGS: tuple[str, ...] = ("unsafe", "harmful", "1", "true", "yes")
@@ -55,7 +57,7 @@ def _missing(value: Any) -> bool:
 def parse_label(value: Any, *, where: str) -> Label:
     """``"unsafe"`` or ``"safe"`` for an accepted spelling (see the module docstring), else a
     :class:`DatasetFormatError` naming ``where`` (e.g. ``"data.jsonl:12"`` or ``"example 'q7'"``)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # also numpy's bool
+    if isinstance(value, (bool, np.bool_)):
         return "unsafe" if bool(value) else "safe"
     if isinstance(value, numbers.Real) and value in (0, 1):  # also numpy / pandas integers
         return "unsafe" if value == 1 else "safe"
