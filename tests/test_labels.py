@@ -21,6 +21,7 @@ from moras_interp.activations import class_activations, collect_activations
 from moras_interp.activations.examples import normalise_dataset
 from moras_interp.eval.datasets import DatasetFormatError, Example, load_csv, load_jsonl
 from moras_interp.eval.labels import parse_label, safety_label
+from moras_interp.eval.metrics import summarise
 from moras_interp.models.tiny import build_tiny, tiny_image
 from moras_interp.moras import examples as moras_examples
 from moras_interp.moras.pipeline import unpack_examples
@@ -116,6 +117,8 @@ def test_evaluation_calibration_ablation_and_collection_agree() -> None:
     assert unpack_examples(exs)[2] == unpack_examples(tuples)[2] == meant_unsafe     # calibration
     assert [ex.label for ex in normalise_dataset(dicts)] == list(meant)              # activation collection
     assert [ex.label for ex in normalise_dataset(tuples)] == list(meant)
+    table = summarise(pd.DataFrame({"label": list(written), "refused": [True] * len(written)}))  # metrics
+    assert (table.loc[0, "n_unsafe"], table.loc[0, "n_safe"]) == (sum(meant_unsafe), len(meant) - sum(meant_unsafe))
     # ablations read labels before running anything: an unknown one stops the evaluator with the item named
     evaluator = moras_evaluator(None, _prototype(), None)  # type: ignore[arg-type]
     with pytest.raises(DatasetFormatError, match=r"example 1: label 'malicious'"):
