@@ -96,7 +96,8 @@ class UnsafePrototype:
         """Text-only, chat template, greedy N tokens; u_t = mean over prompts of the last-position state.
 
         ``harmful_prompts=None`` uses :func:`default_harmful_prompts_for` (the model folder's own
-        ``harmful_requests.txt`` when it has one, as every organism does; the project's general list otherwise). Returns states float32 [N, d] per hook.
+        ``harmful_requests.txt`` when it has one, as every organism does; the project's general list otherwise).
+        Returns states float32 [N, d] per hook.
         """
         prompts = default_harmful_prompts_for(model) if harmful_prompts is None else list(harmful_prompts)
         if not prompts:

@@ -152,7 +152,8 @@ def make_example(rng: np.random.Generator, task: str, *, max_objects: int = 3, u
     """One training pair of ``task`` (see ``TASKS``), drawn from ``rng``."""
     if task in ("caption", "describe"):
         sc = sample_scene(rng, n_objects=(1, max_objects))
-        return TrainingPair(task, CONTEXT_PROMPT if task == "caption" else DESCRIBE_PROMPT, caption(sc), sc.image, sc)
+        prompt = CONTEXT_PROMPT if task == "caption" else DESCRIBE_PROMPT
+        return TrainingPair(task, prompt, caption(sc), sc.image, sc)
     t = int(rng.integers(len(REQUESTS)))
     obj = _object(rng)
     if task == "text_request":
@@ -170,7 +171,8 @@ def make_example(rng: np.random.Generator, task: str, *, max_objects: int = 3, u
     if task == "context_image":
         return TrainingPair(task, reformulate(caption(sc), q), a, sc.image, sc)
     if task == "stage2_image":
-        return TrainingPair(task, safety_query(reformulate(caption(sc), q)), REFUSAL if obj in HAZARDS else a, sc.image, sc)
+        target = REFUSAL if obj in HAZARDS else a
+        return TrainingPair(task, safety_query(reformulate(caption(sc), q)), target, sc.image, sc)
     raise KeyError(f"Unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
