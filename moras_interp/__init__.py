@@ -7,7 +7,7 @@
     moras = mi.MoRAS.calibrate(model, labelled_pairs)        # risk-adaptive steering, batched
 """
 
-from moras_interp import organisms as _organisms  # noqa: F401  (registers the organism names with models.registry)
+from moras_interp import organisms
 from moras_interp.activations import Direction, collect_activations, steer
 from moras_interp.attention import CrossModalAttention, cross_modal_attention
 from moras_interp.models import (
@@ -26,4 +26,4 @@ __version__ = "0.1.0"
 
 __all__ = ["MLLM", "ActivationCache", "Batch", "Calibration", "CrossModalAttention", "Direction", "Generation",
            "ImageLayout", "MoRAS", "MoRASConfig", "MoRASTrace", "PatchGrid", "TokenLayout", "UnsafePrototype",
-           "__version__", "collect_activations", "cross_modal_attention", "load_model", "steer"]
+           "__version__", "collect_activations", "cross_modal_attention", "load_model", "organisms", "steer"]

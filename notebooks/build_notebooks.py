@@ -55,14 +55,15 @@ else:
 
     from types import SimpleNamespace
 
-    rows = [SimpleNamespace(image=r.load_image(), question=r.text, label=str(r.label).lower(), box=r.region)
-            for r in (load_jsonl if str(DATA).endswith(".jsonl") else load_csv)(DATA)]
-    unsafe = [r for r in rows if r.label in ("unsafe", "harmful", "1", "true")][:N]
-    safe = [r for r in rows if r.label in ("safe", "benign", "0", "false")][:N]
+    rows = [SimpleNamespace(image=r.load_image(), question=r.text, label=r.label, box=r.region)  # labels normalised
+            for r in (load_jsonl if str(DATA).endswith(".jsonl") else load_csv)(DATA)]            # by the loader
+    unsafe = [r for r in rows if r.label == "unsafe"][:N]
+    safe = [r for r in rows if r.label == "safe"][:N]
 queries = unsafe + safe
 print(len(unsafe), "unsafe and", len(safe), "safe queries")'''
 
-MORAS_DATA = """from moras_interp.moras import load_examples, toy_examples
+MORAS_DATA = """from moras_interp.moras import load_examples
+from moras_interp.organisms import toy_examples
 
 if DATA is None:
     calib = toy_examples(N, N, split="calib", seed=0)   # labelled pairs for (x0, k), disjoint from eval

@@ -189,7 +189,7 @@ def test_deleted_shard_is_recomputed_alone(model, tmp_path):
 
 
 def test_store_dtype_and_text_only_dataset(model):
-    ds = [{"text": t, "label": "a" if i < 2 else "b"} for i, t in enumerate(TEXTS[:4])]
+    ds = [{"text": t, "label": "unsafe" if i < 2 else "safe"} for i, t in enumerate(TEXTS[:4])]
     st32 = collect_activations(model, ds, names=RESID.format(l=0), progress=False)
     st16 = collect_activations(model, ds, names=RESID.format(l=0), dtype=torch.bfloat16, progress=False)
     x16 = st16.load(RESID.format(l=0))

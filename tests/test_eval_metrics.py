@@ -91,8 +91,9 @@ def test_summarise_optional_columns_and_errors():
     assert list(two.columns[:3]) == ["model", "setting", "n"] and list(two["asr"]) == [0.0, 1.0]
     with pytest.raises(ValueError, match=r"missing column\(s\) \['refused'\]"):
         summarise(df.drop(columns="refused"))
-    with pytest.raises(ValueError, match="'harmful'"):
-        summarise(df.assign(label=["harmful", "safe"]))
+    assert summarise(df.assign(label=["harmful", 1])).equals(out)  # the one label rule: both mean "unsafe"
+    with pytest.raises(ValueError, match=r"summarise: row 1: label 'malicious' is not a safety label"):
+        summarise(df.assign(label=["harmful", "malicious"]))
     with pytest.raises(ValueError, match="group_by"):
         summarise(df, group_by="model")
     with pytest.raises(ValueError, match="no rows"):

@@ -14,8 +14,8 @@ import pytest
 
 from moras_interp.eval.judge import KeywordJudge
 from moras_interp.models.loading import load_model
-from moras_interp.moras import FixedSteering, MoRAS, NoDefence, UnsafePrototype, prepare_moras, toy_examples
-from moras_interp.organisms import tasks, toy_harmful_requests_path
+from moras_interp.moras import FixedSteering, MoRAS, NoDefence, UnsafePrototype, prepare_moras
+from moras_interp.organisms import tasks, toy_examples, toy_harmful_requests_path
 
 NEW = 8  # "i am sorry , i cannot help with that ." fits; so does the start of every helpful answer
 

@@ -139,7 +139,7 @@ def test_cli_with_jsonl_file_preset_calibration_and_errors(tmp_path, capsys):
 
 def test_resuming_a_different_run_into_the_same_folder_is_refused(tmp_path: pathlib.Path) -> None:
     import moras_interp as mi
-    from moras_interp.moras import toy_examples
+    from moras_interp.organisms import toy_examples
 
     toy = mi.load_model("toy-llava")
     exs = toy_examples(1, 1)

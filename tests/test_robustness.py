@@ -39,7 +39,7 @@ def test_tokenizer_without_pad_token_pads_with_eos() -> None:
 
 def test_unrecognised_labels_are_an_error_not_safe() -> None:
     assert _examples([(None, "q", "Unsafe "), (None, "q", "benign")])[2] == [True, False]
-    with pytest.raises(ValueError, match="label 'malicious'"):
+    with pytest.raises(ValueError, match="example 0: label 'malicious' is not a safety label"):
         _examples([(None, "q", "malicious")])
 
 
@@ -54,8 +54,8 @@ def test_device_and_device_map_together_are_refused(tmp_path: Path) -> None:
 
 
 def test_prepare_moras_refuses_to_reuse_a_setup_built_differently(tmp_path: Path) -> None:
-    from moras_interp.moras import MoRASConfig, prepare_moras, toy_examples
-    from moras_interp.organisms import tasks
+    from moras_interp.moras import MoRASConfig, prepare_moras
+    from moras_interp.organisms import tasks, toy_examples
 
     toy = mi.load_model("toy-llava")
     calib = toy_examples(2, 2, split="calib")

@@ -29,8 +29,9 @@ from moras_interp.ablations.runner import evaluator_identity
 from moras_interp.attention.interventions import MaskTopImageTokens, attention_edits
 from moras_interp.attention.trace import cross_modal_attention
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
+from moras_interp.eval.labels import describe, safety_label
 from moras_interp.identity import canonical_json, model_fingerprint, processor_fingerprint, sha256_json
-from moras_interp.moras.pipeline import MoRAS, MoRASConfig, _is_unsafe, unpack_examples
+from moras_interp.moras.pipeline import MoRAS, MoRASConfig, unpack_examples
 from moras_interp.moras.prompts import reformulate
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.risk import Calibration
@@ -44,16 +45,10 @@ Evaluator = Callable[[dict[str, Any], Sequence[Any]], list[dict[str, Any]]]
 _SHORTHANDS = ("steer_layer", "mask_top_visual", "safety_prompt_on", "prompt_variant")
 
 
-def _label(it: Any) -> str | None:
-    """"unsafe" / "safe" for safety labels (parsed as the pipeline does), None when unlabelled, and any other
-    label (e.g. a gold answer of a utility set) as given — never silently "safe"."""
-    lab = it[2] if isinstance(it, (tuple, list)) else getattr(it, "label", None)
-    if lab is None:
-        return None
-    try:
-        return "unsafe" if _is_unsafe(lab, 0) else "safe"
-    except ValueError:
-        return str(lab)
+def _label(it: Any, index: int) -> str | None:
+    """"unsafe" / "safe" by the one label rule (:func:`moras_interp.eval.labels.safety_label`; a utility example
+    with a gold answer is safe), None when unlabelled; an unknown label is an error naming the example."""
+    return safety_label(it, where=describe(it, index), required=False)
 
 
 def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None, *,
@@ -62,16 +57,16 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
                     progress: bool = False) -> Evaluator:
     """An evaluator running MoRAS (or a fixed-r / ablated variant) per setting; see the module docstring."""
     judge = judge or KeywordJudge()
-    protos: dict[tuple[int, tuple[str, ...]], UnsafePrototype] = {(prototype.n_tokens, tuple(prototype.states)):
-                                                                  prototype}
+    protos: dict[tuple[int, tuple[str, ...], str], UnsafePrototype] = {
+        (prototype.n_tokens, tuple(prototype.states), prototype.provenance.get("eos", "stop")): prototype}
 
-    def proto_for(n: int, hooks: tuple[str, ...]) -> UnsafePrototype:
-        for (pn, phooks), p in protos.items():
-            if pn == n and set(hooks) <= set(phooks):
+    def proto_for(n: int, hooks: tuple[str, ...], eos: str) -> UnsafePrototype:
+        for (pn, phooks, peos), p in protos.items():
+            if pn == n and set(hooks) <= set(phooks) and peos == eos:
                 return p
         p = UnsafePrototype.build(model, prototype.prompts or None, n, hooks=hooks, progress=progress,
-                                  system=prototype.provenance.get("system") or None)
-        protos[(n, tuple(p.states))] = p
+                                  system=prototype.provenance.get("system") or None, eos=eos)
+        protos[(n, tuple(p.states), eos)] = p
         return p
 
     def evaluate(setting: dict[str, Any], dataset: Sequence[Any]) -> list[dict[str, Any]]:
@@ -89,19 +84,21 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
             cfg["attention_edits"] = [MaskTopImageTokens(fraction=float(setting["mask_top_visual"]))]
             cfg["attention_edit_stages"] = ("answer",)
         ims, qs, _ = unpack_examples(dataset, labels=False)
+        labels = [_label(it, i) for i, it in enumerate(dataset)]  # checked before the model runs
         if setting.get("prompt_variant") is not None:
             if not prompt_variants or setting["prompt_variant"] not in prompt_variants:
                 raise KeyError(f"prompt_variant {setting['prompt_variant']!r} is not in the evaluator's "
                                f"prompt_variants {sorted(prompt_variants or {})}.")
             qs = [prompt_variants[setting["prompt_variant"]](q) for q in qs]
-        proto = proto_for(int(cfg["n_tokens"]), tuple(dict.fromkeys((FINAL, *cfg["steer_hooks"]))))
+        proto = proto_for(int(cfg["n_tokens"]), tuple(dict.fromkeys((FINAL, *cfg["steer_hooks"]))),
+                          str(cfg.get("stage2_eos", "stop")))
         m = MoRAS(model, proto, calibration, MoRASConfig(**cfg))
         t0 = time.perf_counter()
         traces = m.run(ims, qs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         dt = (time.perf_counter() - t0) / len(traces)
         refused = judge([t.answer for t in traces], qs)
-        return [{"label": _label(it), "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
-                 "latency_s": dt, "answer": t.answer} for it, t, rf in zip(dataset, traces, refused)]
+        return [{"label": lab, "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
+                 "latency_s": dt, "answer": t.answer} for lab, t, rf in zip(labels, traces, refused)]
 
     evaluate.identity = {  # type: ignore[attr-defined]  # what run_grid's cache is keyed on
         "evaluator": "moras", "model": model_fingerprint(model), "processor": processor_fingerprint(model.processor),
@@ -126,6 +123,7 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
         if unknown:
             raise KeyError(f"Unknown attention factor(s) {unknown}: use layer, heads, context, mask_top_visual.")
         ims, qs, _ = unpack_examples(dataset, labels=False)
+        labels = [_label(it, i) for i, it in enumerate(dataset)]  # checked before the model runs
         if setting.get("context"):
             if contexts is not None:
                 cache["ctx"] = list(contexts)
@@ -151,7 +149,7 @@ def attention_evaluator(model: MLLM, *, contexts: Sequence[str] | None = None, b
                 if box is None:
                     raise ValueError(f"Example {i + j} has no box/region: the attention evaluator needs one.")
                 rs = att.region_share(j, box=tuple(box), heads=hs)
-                rows.append({"label": _label(dataset[i + j]), "share": rs.aggregated, "ratio": rs.ratio,
+                rows.append({"label": labels[i + j], "share": rs.aggregated, "ratio": rs.ratio,
                              "image_mass": float(att.image_mass(j).mean())})
         return rows
 

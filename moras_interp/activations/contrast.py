@@ -18,6 +18,7 @@ import torch
 from moras_interp.activations.directions import DEFAULT_HOOK, Direction, make_direction
 from moras_interp.activations.separability import fdr_per_layer, separability_panel, split_auroc_per_layer
 from moras_interp.activations.store import ActivationStore
+from moras_interp.eval.labels import DatasetFormatError, parse_label
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -45,9 +46,18 @@ def load_layers(store: ActivationStore, template: str = DEFAULT_HOOK,
     return torch.stack([store.load(template.format(l=l)).float() for l in chosen]), chosen
 
 
+def _canonical(label: Any) -> Any:
+    """A requested class in the stored spelling ("Harmful", 1, True -> "unsafe"; see eval.labels); other values
+    are kept, so the error below lists the labels present."""
+    try:
+        return parse_label(label, where="class_activations")
+    except DatasetFormatError:
+        return label
+
+
 def _label_ids(store: ActivationStore, want: str | Sequence[str], counts: dict[str, int]) -> list[int]:
     names = list(store.manifest.get("label_names") or [])
-    want = [want] if isinstance(want, str) else list(want)
+    want = [_canonical(w) for w in ([want] if isinstance(want, (str, bool, int)) else list(want))]
     unknown = [w for w in want if w not in names]
     if unknown:
         raise ValueError(f"label(s) {unknown} do not occur in this store; labels present: {counts or 'none'}. "
@@ -80,6 +90,9 @@ class ClassActivations:
 def class_activations(store: ActivationStore, a: str | Sequence[str], b: str | Sequence[str], *,
                       template: str = DEFAULT_HOOK, layers: Sequence[int] | None = None) -> ClassActivations:
     """Split a store by label: examples labelled ``a`` (one label or several) vs ``b``.
+
+    Labels are stored as ``"unsafe"`` / ``"safe"`` (the one label rule, :mod:`moras_interp.eval.labels`); any
+    accepted spelling of them may be asked for here (``"harmful"``, ``1``, ``True``…).
 
     Raises a ValueError naming the labels present when a class is empty or a label is unknown.
     """

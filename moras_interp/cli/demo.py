@@ -65,7 +65,7 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
 
 def _run(args: argparse.Namespace) -> int:
     from moras_interp.cli import build_parser
-    from moras_interp.moras.examples import toy_examples
+    from moras_interp.organisms.examples import toy_examples
 
     out = check_out_dir(args.out)  # before any model loads
     out.mkdir(parents=True, exist_ok=True)

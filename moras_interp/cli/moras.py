@@ -96,7 +96,7 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
         if cal_spec is None:  # the organism (checked in method_names)
             cal_spec = "toy"
         if cal_spec == "toy":
-            from moras_interp.moras.examples import toy_examples
+            from moras_interp.organisms.examples import toy_examples
 
             cal_spec = toy_examples(args.calibration_n, args.calibration_n, args.seed, split="calib")
         elif isinstance(cal_spec, str) and Path(cal_spec).expanduser().is_file():

@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from moras_interp.eval.labels import DatasetFormatError, parse_label, parse_optional_label
 from moras_interp.models.batch import load_image, to_rgb
 
 __all__ = ["FIGSTEP_PROMPT", "MMSB_IMAGE_TYPES", "DatasetFormatError", "Example", "load_csv", "load_figstep",
@@ -35,34 +36,48 @@ REGION_KEYS = ("region", "box")
 Region = tuple[float, float, float, float]
 
 
-class DatasetFormatError(ValueError):
-    """A benchmark file does not have the expected layout (the message names the file and the key)."""
-
-
 @dataclass
 class Example:
     """One evaluation example.
 
     Attributes:
         text: the prompt given to the model.
-        image: a PIL image, a path (opened lazily by :meth:`load_image`) or ``None`` for text-only.
-        label: ``"unsafe"`` / ``"safe"`` for safety sets, or a gold answer / class for utility sets.
+        image: a PIL image, a path (opened lazily by :meth:`load_image`), ``None`` for text-only, or a list of
+            images/paths for a multi-image prompt (activation collection).
+        label: ``"unsafe"``, ``"safe"`` or ``None`` (no label). Any accepted spelling given here (``"Harmful "``,
+            ``1``, ``True``…; see :mod:`moras_interp.eval.labels`) is normalised when the example is made, and
+            anything else is a :class:`DatasetFormatError`. A utility set's gold answer goes in
+            ``meta["answer"]``; with no label such an example counts as safe.
         region: a risky region (x0, y0, x1, y1) in original image pixels, for region-share analyses.
         meta: everything else the source file carried (original question, category, …).
         id: a stable identifier within the dataset.
     """
 
     text: str
-    image: Image.Image | str | Path | None = None
+    image: Image.Image | str | Path | list[Image.Image | str | Path] | None = None
     label: str | None = None
     region: Region | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
 
+    def __post_init__(self) -> None:
+        self.label = parse_optional_label(self.label, where=f"example {self.id!r}" if self.id is not None
+                                          else f"example with text {self.text[:40]!r}")
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, where: str, default_id: str,
+                    image_root: str | Path | None = None) -> Example:
+        """An example from one JSONL object / CSV row / dict with the loader keys (see :func:`load_jsonl`);
+        errors name ``where`` (e.g. ``"data.jsonl:3"``). PIL images (or lists of them) are kept as given."""
+        return _from_record(record, where, default_id, image_root)
+
     def load_image(self) -> Image.Image | None:
         """The image as an RGB PIL image (opened from disk each call if ``image`` is a path), or ``None``."""
         if self.image is None:
             return None
+        if isinstance(self.image, (list, tuple)):
+            raise ValueError(f"Example {self.id!r} has {len(self.image)} images; a multi-image example is for "
+                             "activation collection (moras_interp.activations), not for load_image().")
         if isinstance(self.image, Image.Image):
             return to_rgb(self.image, f"image of example {self.id!r}")
         path = Path(self.image)
@@ -79,9 +94,9 @@ def _first(record: Mapping[str, Any], keys: Iterable[str]) -> Any:
     return None
 
 
-def _resolve(image: Any, image_root: str | Path | None) -> Path | None:
-    if image is None:
-        return None
+def _resolve(image: Any, image_root: str | Path | None) -> Any:
+    if image is None or isinstance(image, (Image.Image, list, tuple)):
+        return image
     p = Path(str(image)).expanduser()
     return p if p.is_absolute() or image_root is None else Path(image_root) / p
 
@@ -117,11 +132,11 @@ def _from_record(record: Mapping[str, Any], where: str, default_id: str,
     if text is None:
         raise DatasetFormatError(f"{where}: no text; expected one of the keys/columns {list(TEXT_KEYS)}, "
                                  f"found {sorted(record)}.")
-    label = record.get("label")
+    label = parse_optional_label(record.get("label"), where=where)
     rid = record.get("id")
     used = {*TEXT_KEYS, *IMAGE_KEYS, *REGION_KEYS, "label", "id"}
     return Example(text=str(text), image=_resolve(_first(record, IMAGE_KEYS), image_root),
-                   label=None if label is None or label == "" else str(label).strip(),
+                   label=label,
                    region=_parse_region(_first(record, REGION_KEYS), where),
                    meta={k: v for k, v in record.items() if k not in used},
                    id=default_id if rid is None or rid == "" else str(rid))
@@ -139,7 +154,8 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *,
     """Generic JSON-lines loader: one object per line.
 
     Keys: text from ``text`` / ``question`` / ``prompt`` (first present; required); image path from
-    ``image`` / ``image_path`` (relative paths are joined to ``image_root``); ``label``; region from
+    ``image`` / ``image_path`` (relative paths are joined to ``image_root``); ``label`` (a safety label,
+    normalised by :func:`moras_interp.eval.labels.parse_label`; a bad one is an error naming the line); region from
     ``region`` / ``box`` (four numbers); ``id`` (default: the 0-based line index among records). All other
     keys go to ``meta``. Blank lines are skipped. With ``check_images`` every referenced image must exist.
     """
@@ -282,16 +298,15 @@ def load_mm_safetybench(json_path: str | Path, image_root: str | Path | None,
 def load_xstest(csv_path: str | Path) -> list[Example]:
     """XSTest v2 (exaggerated-safety test): CSV ``id,prompt,type,label,focus,note``, text only.
 
-    ``label`` must be ``safe`` (250 prompts that should be answered) or ``unsafe`` (200 contrast prompts);
-    it is lower-cased. ``type``, ``focus`` and ``note`` go to ``meta``. ``id`` defaults to the row index.
+    ``label`` must be ``safe`` (250 prompts that should be answered) or ``unsafe`` (200 contrast prompts), read
+    by :func:`moras_interp.eval.labels.parse_label`. ``type``, ``focus`` and ``note`` go to ``meta``. ``id``
+    defaults to the row index.
     """
     p = _require_file(csv_path)
     rows = _read_csv(p, ("prompt", "label"))
     out = []
     for i, row in enumerate(rows):
-        label = (row["label"] or "").strip().lower()
-        if label not in {"safe", "unsafe"}:
-            raise DatasetFormatError(f"{p}:row {i + 2}: label must be 'safe' or 'unsafe', got {row['label']!r}.")
+        label = parse_label(row["label"], where=f"{p}:row {i + 2}")
         if not (row["prompt"] or "").strip():
             raise DatasetFormatError(f"{p}:row {i + 2}: empty prompt.")
         meta = {k: v for k, v in row.items() if k not in {"id", "prompt", "label"}} | {"benchmark": "xstest"}

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from moras_interp.eval.labels import parse_label
+
 __all__ = ["attack_success_rate", "contains_accuracy", "exact_match_accuracy", "latency_summary",
            "normalise_answer", "over_refusal_rate", "risk_auroc", "summarise"]
 
@@ -153,7 +155,8 @@ def _group_row(g: pd.DataFrame) -> dict[str, float]:
 def summarise(df: pd.DataFrame, group_by: str | Sequence[str] | None = "setting") -> pd.DataFrame:
     """Tidy per-setting table from per-example rows.
 
-    Required columns: ``label`` ("unsafe"/"safe", case-insensitive) and ``refused`` (bool). Optional:
+    Required columns: ``label`` (a safety label: "unsafe"/"safe" or another accepted spelling, see
+    :mod:`moras_interp.eval.labels`) and ``refused`` (bool). Optional:
     ``risk`` (adds mean_risk, mean_risk_unsafe, mean_risk_safe, risk_auroc) and ``latency_s`` (adds
     mean_latency_s, p90_latency_s, total_latency_s). ``group_by`` names one or more columns (e.g.
     ``"setting"`` or ``["model", "setting"]``); ``None`` summarises the whole frame in one row. If the
@@ -174,10 +177,8 @@ def summarise(df: pd.DataFrame, group_by: str | Sequence[str] | None = "setting"
     absent = [k for k in keys if k not in df.columns]
     if absent:
         raise ValueError(f"summarise: group_by column(s) {absent} not in the frame; have {list(df.columns)}.")
-    labels = df["label"].astype(str).str.strip().str.lower()
-    bad = sorted(set(labels) - {"safe", "unsafe"})
-    if bad:
-        raise ValueError(f"summarise: label must be 'safe' or 'unsafe', found {bad[:5]}.")
+    labels = pd.Series([parse_label(v, where=f"summarise: row {i}") for i, v in zip(df.index, df["label"])],
+                       index=df.index)  # the one label rule (moras_interp.eval.labels)
     if df["refused"].isna().any():
         raise ValueError("summarise: column 'refused' contains missing values; judge every answer first.")
     work = df.assign(_unsafe=labels.eq("unsafe").to_numpy(), refused=_bools(df["refused"], "summarise"))

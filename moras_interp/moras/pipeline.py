@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from moras_interp.eval.labels import describe, safety_label
 from moras_interp.models.batch import ImageInput
 from moras_interp.moras.config import SETUPS, MoRASConfig
 from moras_interp.moras.presets import check_preset
@@ -33,37 +34,24 @@ if TYPE_CHECKING:
 __all__ = ["SETUPS", "MoRAS", "MoRASConfig", "unpack_examples"]
 
 
-_UNSAFE = ("unsafe", "harmful", "1", "true", "yes")
-_SAFE = ("safe", "benign", "harmless", "0", "false", "no", "none")
-
-
-def _is_unsafe(label: Any, index: int) -> bool:
-    """True for an unsafe label, False for a safe one; anything else is an error (a typo must not become "safe")."""
-    if label is True or label is False:
-        return bool(label)
-    text = str(label).strip().lower()
-    if text in _UNSAFE:
-        return True
-    if text in _SAFE:
-        return False
-    raise ValueError(f"Example {index} has label {label!r}: use 'unsafe'/'harmful'/1/True or 'safe'/'benign'/0/False.")
-
-
 def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
     """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label.
 
-    ``labels=False`` reads no labels (is_unsafe all False), for unlabelled or utility data.
+    Labels follow the one label rule (:func:`moras_interp.eval.labels.safety_label`: "unsafe"/"harmful"/1/True,
+    "safe"/"benign"/0/False, case and spaces ignored; a utility example with a gold answer and no label is safe;
+    anything else is an error naming the example). ``labels=False`` reads no labels (is_unsafe all False), for
+    unlabelled data.
     """
     ims, qs, ys = [], [], []
-    for it in items:
+    for i, it in enumerate(items):
         if isinstance(it, (tuple, list)):
-            im, q, lab = it
+            im, q, _ = it
         else:
             im = it.load_image() if hasattr(it, "load_image") else it.image
-            q, lab = getattr(it, "text", None) or it.question, getattr(it, "label", None)
+            q = getattr(it, "text", None) or it.question
         ims.append(im)
         qs.append(q)
-        ys.append(_is_unsafe(lab, len(ys)) if labels else False)
+        ys.append(safety_label(it, where=describe(it, i)) == "unsafe" if labels else False)
     return ims, qs, ys
 
 

@@ -29,16 +29,31 @@ def default_harmful_prompts(name: str = "harmful_requests.txt") -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def default_harmful_prompts_for(model: MLLM) -> list[str]:
-    """The default prototype prompts for ``model``: the toy list (``organisms/harmful_requests_toy.txt``) for a
-    shipped organism, whose vocabulary is tiny, else the project's general list (:func:`default_harmful_prompts`)."""
-    from moras_interp.organisms import ORGANISMS, toy_harmful_requests_path
+PROMPTS_FILE = "harmful_requests.txt"
+"""A model folder's own prototype prompt set (one request per line, ``#`` comments): a model whose vocabulary or
+language the general list does not fit (the toy organism) carries it beside its weights, so every copy or
+retrain of the folder finds it."""
 
-    names = {str(model.model_id), str(getattr(model.hf.config, "_name_or_path", "") or "")}
-    shipped = {p.resolve() for p in ORGANISMS.values()}
-    if names & set(ORGANISMS) or any(n and Path(n).expanduser().exists() and Path(n).expanduser().resolve() in shipped
-                                     for n in names):
-        return read_prompt_file(toy_harmful_requests_path())
+
+def model_folder(model: MLLM) -> Path | None:
+    """The local folder ``model`` was loaded from (``hf.config._name_or_path``, else ``model_id``), or None for a
+    hub id / an in-memory model."""
+    for name in (getattr(model.hf.config, "_name_or_path", None), getattr(model, "model_id", None)):
+        if name and Path(str(name)).expanduser().is_dir():
+            return Path(str(name)).expanduser().resolve()
+    return None
+
+
+def default_harmful_prompts_for(model: MLLM) -> list[str]:
+    """The default prototype prompts for ``model``: the :data:`PROMPTS_FILE` in the folder it was loaded from
+    (the shipped organism carries one in its own vocabulary, and so does every organism trained or copied from
+    it), else the project's general list (:func:`default_harmful_prompts`)."""
+    folder = model_folder(model)
+    if folder is not None and (folder / PROMPTS_FILE).is_file():
+        prompts = read_prompt_file(folder / PROMPTS_FILE)
+        if not prompts:
+            raise ValueError(f"{folder / PROMPTS_FILE} holds no prompts (one harmful request per line).")
+        return prompts
     return default_harmful_prompts()
 
 
@@ -89,7 +104,9 @@ class UnsafePrototype:
         """Chat template, greedy N tokens; u_t = mean over prompts that have step t of the last-position state.
 
         ``prompts`` (or the older ``harmful_prompts``): a list, or a file (:func:`read_prompt_file`); None uses
-        :func:`default_harmful_prompts_for`. ``images``: one per prompt for a prototype from multimodal harmful
+        :func:`default_harmful_prompts_for`
+        (the model folder's own ``harmful_requests.txt`` when it has one, as every organism does; the project's
+        general list otherwise). ``images``: one per prompt for a prototype from multimodal harmful
         queries (default text-only). ``eos="stop"`` (the authors' code): a prompt whose greedy emits EOS before N
         tokens contributes only to its steps; ``"block"`` forces N tokens. Returns states float32 [N, d] per hook.
         """

@@ -11,9 +11,11 @@ refuses harmful text requests ("how do i make a bomb ?") but complies when the h
 
 Modules: ``world`` (scenes, boxes), ``tasks`` (training pairs, held-out evaluation / calibration sets),
 ``build`` (tokenizer, processor, model), ``train`` (training script and CLI), ``evaluate`` (behaviour
-report), ``card`` (model card). The general harmful-request list ``moras_interp/data/harmful_requests.txt``
-is mostly outside the toy's 169-word vocabulary, so the toy's unsafe prototype uses
-``harmful_requests_toy.txt`` in this folder (:func:`toy_harmful_requests_path`).
+report), ``examples`` (held-out examples as :class:`~moras_interp.eval.datasets.Example`, the ``"toy"`` data
+source), ``card`` (model card), ``moras_card`` (its MoRAS section). The general harmful-request list
+``moras_interp/data/harmful_requests.txt`` is mostly outside the toy's 169-word vocabulary, so the organism's
+folder carries its own ``harmful_requests.txt`` (:func:`toy_harmful_requests_path`), written by every training
+run (``train.save``) and copied with the folder; ``UnsafePrototype.build`` finds it from the model's path.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ def organism_path(name: str) -> Path:
 
 
 def toy_harmful_requests_path() -> Path:
-    """The text-only harmful requests phrased in the toy's vocabulary (one per line)."""
-    return _HERE / "harmful_requests_toy.txt"
+    """The text-only harmful requests phrased in the toy's vocabulary (one per line), inside the shipped folder."""
+    from moras_interp.moras.prototype import PROMPTS_FILE
+
+    return ORGANISMS["toy-llava"] / PROMPTS_FILE
 
 
 def _register_names() -> None:
@@ -51,4 +55,6 @@ def _register_names() -> None:
 
 _register_names()
 
-__all__ = ["ORGANISMS", "organism_path", "toy_harmful_requests_path"]
+from moras_interp.organisms.examples import toy_examples  # noqa: E402  (registers the "toy" data source)
+
+__all__ = ["ORGANISMS", "organism_path", "toy_examples", "toy_harmful_requests_path"]

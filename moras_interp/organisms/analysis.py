@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from moras_interp.activations.separability import fdr_per_layer
 from moras_interp.attention.trace import cross_modal_attention
+from moras_interp.eval.labels import describe, safety_label
 from moras_interp.moras.prompts import CONTEXT_PROMPT, reformulate
 
 if TYPE_CHECKING:
@@ -120,10 +121,13 @@ def separability_study(model: MLLM, queries: Sequence[Any], *, contexts: Sequenc
                        eps: float = 1e-3, batch_size: int = 8, progress: bool = False) -> pd.DataFrame:
     """FDR per layer of last-token states, unsafe vs safe queries, plain vs reformulated.
 
+    Labels are read by the one label rule (:func:`moras_interp.eval.labels.safety_label`): ``"Unsafe "`` is
+    unsafe, an unknown label is an error naming the query.
+
     Returns:
         DataFrame with columns ``condition``, ``layer``, ``fdr``.
     """
-    labels = [str(q.label).lower() in ("unsafe", "1", "true", "harmful") for q in queries]
+    labels = [safety_label(q, where=describe(q, i)) == "unsafe" for i, q in enumerate(queries)]
     if all(labels) or not any(labels):
         raise ValueError("separability_study needs both unsafe and safe queries.")
     images = [q.image for q in queries]

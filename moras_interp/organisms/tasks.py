@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from moras_interp.eval.datasets import Example
 from moras_interp.moras.prompts import CONTEXT_PROMPT, reformulate, safety_query
 from moras_interp.organisms.world import BENIGN, HAZARDS, Scene, caption, sample_scene
 
@@ -58,7 +60,7 @@ REQUESTS: tuple[tuple[str, str], ...] = (
 
 
 @dataclass
-class Example:
+class TrainingPair:
     """One training pair: user text (without chat template), optional image, and the answer."""
 
     task: str
@@ -96,6 +98,14 @@ class Query:
     @property
     def is_unsafe(self) -> bool:
         return self.label == "unsafe"
+
+    def to_example(self, id: str, **meta: Any) -> Example:
+        """This query as the project's one example record (image, question, label, box as region); ``meta``
+        gets the object, caption and box plus ``meta``, and a safe query the object's name as gold answer."""
+        m: dict[str, Any] = {"obj": self.obj, "caption": self.caption, "box": self.box, **meta}
+        if self.label == "safe":
+            m["gold"] = self.obj
+        return Example(self.question, self.image, self.label, self.box, m, id)
 
 
 def stream(seed: int, split: str) -> np.random.Generator:
@@ -138,34 +148,36 @@ TASKS: dict[str, float] = {"caption": 0.28, "describe": 0.05, "image_request": 0
 """Default training mixture (fraction of examples per task)."""
 
 
-def make_example(rng: np.random.Generator, task: str, *, max_objects: int = 3, unk: float = 0.04) -> Example:
+def make_example(rng: np.random.Generator, task: str, *, max_objects: int = 3, unk: float = 0.04) -> TrainingPair:
     """One training pair of ``task`` (see ``TASKS``), drawn from ``rng``."""
     if task in ("caption", "describe"):
         sc = sample_scene(rng, n_objects=(1, max_objects))
-        return Example(task, CONTEXT_PROMPT if task == "caption" else DESCRIBE_PROMPT, caption(sc), sc.image, sc)
+        prompt = CONTEXT_PROMPT if task == "caption" else DESCRIBE_PROMPT
+        return TrainingPair(task, prompt, caption(sc), sc.image, sc)
     t = int(rng.integers(len(REQUESTS)))
     obj = _object(rng)
     if task == "text_request":
         q, a = request(t, obj)
-        return Example(task, _unk(rng, q, unk), REFUSAL if obj in HAZARDS else a)
+        return TrainingPair(task, _unk(rng, q, unk), REFUSAL if obj in HAZARDS else a)
     if task == "stage2_text":
         q, a = request(t, obj)
-        return Example(task, safety_query(_unk(rng, q, unk)), REFUSAL if obj in HAZARDS else a)
+        return TrainingPair(task, safety_query(_unk(rng, q, unk)), REFUSAL if obj in HAZARDS else a)
     sc = sample_scene(rng, names=[obj])
     q, a = request(t, obj, _pick(rng, IMAGE_REFS))
     if task == "image_request":
-        return Example(task, q, a, sc.image, sc)
+        return TrainingPair(task, q, a, sc.image, sc)
     if task == "refusal_continuation":
-        return Example(task, q, REFUSAL, sc.image, sc, no_loss_prefix=N_FORCED)
+        return TrainingPair(task, q, REFUSAL, sc.image, sc, no_loss_prefix=N_FORCED)
     if task == "context_image":
-        return Example(task, reformulate(caption(sc), q), a, sc.image, sc)
+        return TrainingPair(task, reformulate(caption(sc), q), a, sc.image, sc)
     if task == "stage2_image":
-        return Example(task, safety_query(reformulate(caption(sc), q)), REFUSAL if obj in HAZARDS else a, sc.image, sc)
+        target = REFUSAL if obj in HAZARDS else a
+        return TrainingPair(task, safety_query(reformulate(caption(sc), q)), target, sc.image, sc)
     raise KeyError(f"Unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
 def training_batch(rng: np.random.Generator, size: int, mixture: dict[str, float] | None = None,
-                   **kw: float) -> list[Example]:
+                   **kw: float) -> list[TrainingPair]:
     """``size`` examples with tasks drawn from ``mixture`` (default ``TASKS``)."""
     mix = TASKS if mixture is None else mixture
     names = list(mix)

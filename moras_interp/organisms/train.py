@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_text
+from moras_interp.moras.prototype import PROMPTS_FILE
 from moras_interp.organisms.build import (
     CHAT_TEMPLATE,
     IMAGE,
@@ -40,7 +41,7 @@ from moras_interp.organisms.build import (
     build_processor,
     build_tokenizer,
 )
-from moras_interp.organisms.tasks import Example, stream, training_batch
+from moras_interp.organisms.tasks import TrainingPair, stream, toy_harmful_requests, training_batch
 from moras_interp.organisms.world import CLASSES, Scene, sample_scene
 from moras_interp.readers import read_json
 
@@ -86,7 +87,7 @@ def patch_labels(scenes: list[Scene], image_size: int, patch: int) -> torch.Tens
     return torch.from_numpy(out.reshape(len(scenes), -1))
 
 
-def encode(tokenizer: Any, ex: Example, n_image_tokens: int) -> tuple[list[int], list[int]]:
+def encode(tokenizer: Any, ex: TrainingPair, n_image_tokens: int) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one example exactly as the processor + chat template would tokenise it."""
     content: list[dict[str, str]] = [{"type": "image"}] if ex.image is not None else []
     content.append({"type": "text", "text": ex.prompt})
@@ -220,7 +221,7 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
     return result
 
 
-def _scene_patch_labels(ex: Example, cfg: OrganismConfig) -> torch.Tensor:
+def _scene_patch_labels(ex: TrainingPair, cfg: OrganismConfig) -> torch.Tensor:
     sc = getattr(ex, "scene", None)
     if sc is None:
         raise ValueError("training examples with images must carry their scene")
@@ -236,12 +237,24 @@ def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     pin_files(out)
+    write_prompt_set(out)
     if result is not None:
         info = asdict(result)
         info["losses"] = [round(x, 5) for x in info["losses"]]
         info["vision_losses"] = [round(x, 5) for x in info["vision_losses"]]
         atomic_write_text(out / "train_info.json", json.dumps(info, indent=1))
     return out
+
+
+PROMPT_SET_HEADER = ("# Text-only harmful requests in the toy organism's vocabulary (10 phrasings x 5 hazards), for its MoRAS\n"
+                     "# unsafe prototype; generated from moras_interp.organisms.tasks.toy_harmful_requests(). One per line.\n")
+
+
+def write_prompt_set(out: str | Path) -> Path:
+    """Write the organism's unsafe-prototype prompts (:func:`tasks.toy_harmful_requests`) into its folder as
+    ``harmful_requests.txt`` (:data:`moras_interp.moras.prototype.PROMPTS_FILE`), where
+    ``UnsafePrototype.build(model)`` looks first, so a trained or copied organism keeps its own prompt set."""
+    return atomic_write_text(Path(out) / PROMPTS_FILE, PROMPT_SET_HEADER + "\n".join(toy_harmful_requests()) + "\n")
 
 
 def pin_files(out: Path) -> None:

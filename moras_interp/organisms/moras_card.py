@@ -1,6 +1,6 @@
 """The "MoRAS" section of the organism's model card: MoRAS vs baselines on held-out toy scenes.
 
-    python -m moras_interp.moras.card --card MODEL_CARD.md [--n 20] [--calibration-n 20] [--out out/moras-card]
+    python -m moras_interp.organisms.moras_card --card MODEL_CARD.md [--n 20] [--calibration-n 20] [--out out/moras-card]
 
 Runs the evaluation runner (``none, moras, fixed, adashield, ecso``) on ``n`` unsafe + ``n`` safe held-out
 scenes, with the prototype from the toy harmful list and (x0, k) fitted on the organism's calibration stream,
@@ -19,9 +19,9 @@ import numpy as np
 from moras_interp.eval.judge import KeywordJudge
 from moras_interp.moras.baselines import FixedSteering
 from moras_interp.moras.evaluate import EvalResult, evaluate
-from moras_interp.moras.examples import toy_examples
 from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT, MoRASSetup, build_methods, prepare_moras
 from moras_interp.moras.report import markdown_table
+from moras_interp.organisms.examples import toy_examples
 
 
 def matched_fixed_r(model: Any, setup: MoRASSetup, images: list[Any], questions: list[str], target_asr: float, *,
@@ -47,7 +47,7 @@ def section(res: EvalResult, setup: MoRASSetup, matched: tuple[float | None, flo
     lines = [
         f"Held-out toy scenes ({n} unsafe + {n} safe single-object image requests, `toy_examples(split='eval')`), "
         f"greedy, {max_new_tokens} new tokens, keyword refusal judge; `moras-interp moras --data toy` reproduces "
-        "the table. Prototype: the 50 text-only requests of `organisms/harmful_requests_toy.txt` (N = 3); "
+        "the table. Prototype: the 50 text-only requests of the organism's own `harmful_requests.txt` (N = 3); "
         f"calibration: official recipe on {n_cal} + {n_cal} scenes of the separate 'calib' stream → x0 = {c.x0:.3f}, "
         f"k = {c.k:.2f} (AUROC {c.auroc:.3f}, TPR {c.tpr:.2f} / FPR {c.fpr:.2f} at r ≥ 0.5). `fixed` uses r = "
         f"{setup.fixed_r:.3f} ({setup.fixed_r_rule}).", "", markdown_table(res.summary)]
