@@ -128,12 +128,12 @@ def bench_run(run: Run, model: MLLM, eos: bool, device: str) -> dict[str, Any]:
     traces: dict[int, list[Any]] = {}
     stage3: dict[int, list[float]] = {b: [] for b in run.batch_sizes}
 
-    def run_moras(b: int) -> None:
-        traces[b] = moras.run(ims[:b], qs[:b], max_new_tokens=T, batch_size=b, progress=False)
+    def run_moras(b: int, tokens: int = T) -> None:
+        traces[b] = moras.run(ims[:b], qs[:b], max_new_tokens=tokens, batch_size=b, progress=False)
         stage3[b].append(sum(t.stage_times["answer"] for t in traces[b]))
 
-    for b in run.batch_sizes:  # warm-up; also tells how many decode steps stage 3 runs when answers stop at EOS
-        run_moras(b)
+    for b in run.batch_sizes:  # warm-up; with EOS it also tells how many decode steps stage 3 runs
+        run_moras(b, T if eos else 2)
         stage3[b].clear()
     steps = {b: max(t.token_counts["answer_new"] for t in traces[b]) if eos else T for b in run.batch_sizes}
 
@@ -214,6 +214,21 @@ def markdown(res: dict[str, Any]) -> str:
         f"{ratio}.{extra} Answers equal to MoRAS's: {agree}.", ""])
 
 
+SUMMARY_HEAD = ("| model, answer tokens | batch | authors' loop q/s | MoRAS q/s | **MoRAS / authors** | "
+                "stage 3 / plain generate | whole MoRAS / plain generate | no-cache extra / authors (time per query) |\n"
+                "|---|---|---|---|---|---|---|---|")
+
+
+def summary_rows(res: dict[str, Any]) -> str:
+    """Rows of the summary table (one per batch size) for one run."""
+    thr, r = res["throughput_qps"], res["ratios"]
+    nc = f"{r['nocache_vs_authors']:.2f}×" if "nocache_vs_authors" in r else "—"
+    return "\n".join(
+        f"| {res['model']}, {res['max_new_tokens']} | {b} | {thr['authors']:.3g} | {thr[f'moras_b{b}']:.3g} | "
+        f"**{r[f'moras_b{b}_vs_authors']:.2f}×** | {r[f'stage3_vs_plain_b{b}']:.2f}× | "
+        f"{r[f'pipeline_vs_plain_b{b}']:.2f}× | {nc} |" for b in res["batch_sizes"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny shape, 5 tokens, batch 3, one round (seconds; CI)")
@@ -240,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     device = a.device or ("cuda" if a.full else "cpu")
     if a.threads or device == "cpu":
         torch.set_num_threads(a.threads or 1)
-    failed = []
+    failed, summary = [], []
     loaded: dict[str, tuple[MLLM, bool]] = {}
     for run in plan:
         if run.model not in loaded:
@@ -253,10 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         md = markdown(res)
         atomic_write_text(Path(a.out) / f"{stem}.md", md)
         print(md, flush=True)
+        summary.append(summary_rows(res))
         if not res["answers_ok"]:
             print(f"WARNING: the authors' loop and MoRAS disagree ({stem}): {res['answer_check']}", flush=True)
             if model.dtype == torch.float32:
                 failed.append(stem)
+    name = "custom" if a.models else "full" if a.full else "quick" if a.quick else "cpu"
+    atomic_write_text(Path(a.out) / f"moras_summary_{name}.md", "\n".join([SUMMARY_HEAD, *summary, ""]))
     if failed:
         raise SystemExit(f"The authors' loop and MoRAS gave different answers in fp32: {failed} (see the JSON)")
     return 0
