@@ -72,7 +72,7 @@ class Run:
 
 CPU_PLAN = (Run("organism", 32, (16, 8), 5, 4, 2), Run("scaled", 32, (16, 8), 3, 4, 2),
             Run("scaled", 512, (16,), 2, 2, 0))
-FULL_PLAN = (Run("full", 32, (16, 8), 3, 4, 2), Run("full", 512, (16, 8), 3, 4, 0))
+FULL_PLAN = (Run("full", 32, (16, 8), 3, 4, 2), Run("full", 512, (16, 8), 3, 2, 0))
 QUICK_PLAN = (Run("tiny", 5, (3,), 1, 3, 3),)
 
 
