@@ -29,7 +29,8 @@ labelled queries (official recipe), so r varies across queries; the authors' loo
     python -m bench.bench_moras --quick    # seconds: tiny shape, 5 tokens, batch 3 (CI)
     python -m bench.bench_moras --full     # GPU: LLaVA-1.5-7B shape, bf16, 32 and 512 tokens, batch 16 and 8
 
-Writes ``bench/results/moras_<model>_t<tokens>.json`` and ``.md``.
+Writes ``bench/results/moras_<model>_t<tokens>.json`` and ``.md`` per run and ``moras_summary_<plan>.md`` (plan:
+cpu, full, quick or custom) with one row per run and batch size.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from bench.common import Measurement, sync, write_results
 from bench.llava_shapes import FULL, MORAS_SCALED, MORAS_TINY, LlavaShape, build_llava, wrap
@@ -180,7 +182,7 @@ def bench_run(run: Run, model: MLLM, eos: bool, device: str) -> dict[str, Any]:
         "model": run.model, "model_repr": repr(model), "max_new_tokens": T, "stops_at_eos": eos,
         "answer_steps": steps, "batch_sizes": list(run.batch_sizes), "rounds": run.rounds,
         "device": device, "dtype": str(model.dtype), "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "platform": platform.platform(),
+        "transformers": transformers.__version__, "platform": platform.platform(),
         "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "measurements": m, "throughput_qps": thr, "ratios": ratios,
         "stage3_s": {b: statistics.median(v) for b, v in stage3.items()},
