@@ -8,6 +8,7 @@
 """
 
 from moras_interp import organisms
+from moras_interp._version import __version__
 from moras_interp.activations import Direction, collect_activations, steer
 from moras_interp.attention import CrossModalAttention, cross_modal_attention
 from moras_interp.models import (
@@ -21,8 +22,6 @@ from moras_interp.models import (
     load_model,
 )
 from moras_interp.moras import Calibration, MoRAS, MoRASConfig, MoRASTrace, UnsafePrototype
-
-__version__ = "0.1.0"
 
 __all__ = ["MLLM", "ActivationCache", "Batch", "Calibration", "CrossModalAttention", "Direction", "Generation",
            "ImageLayout", "MoRAS", "MoRASConfig", "MoRASTrace", "PatchGrid", "TokenLayout", "UnsafePrototype",

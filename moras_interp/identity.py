@@ -160,9 +160,9 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor], *extra: Any) -> str
 
 
 def package_version() -> str:
-    import moras_interp
+    from moras_interp._version import __version__
 
-    return str(moras_interp.__version__)
+    return __version__
 
 
 # ---- the identity record --------------------------------------------------------------------------------

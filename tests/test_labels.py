@@ -120,7 +120,8 @@ def test_evaluation_calibration_ablation_and_collection_agree() -> None:
     table = summarise(pd.DataFrame({"label": list(written), "refused": [True] * len(written)}))  # metrics
     assert (table.loc[0, "n_unsafe"], table.loc[0, "n_safe"]) == (sum(meant_unsafe), len(meant) - sum(meant_unsafe))
     # ablations read labels before running anything: an unknown one stops the evaluator with the item named
-    evaluator = moras_evaluator(None, _prototype(), None)  # type: ignore[arg-type]
+    hf, proc = build_tiny("llava")
+    evaluator = moras_evaluator(load_model(hf, processor=proc), _prototype(), None)
     with pytest.raises(DatasetFormatError, match=r"example 1: label 'malicious'"):
         evaluator({}, [*tuples[:1], (None, "q", "malicious")])
 
