@@ -81,11 +81,13 @@ def read_json(path: PathLike, *, expect: type | tuple[type, ...] | None = dict, 
     return obj
 
 
-def read_jsonl(path: PathLike, *, drop_torn_tail: bool = False) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: PathLike, *, drop_torn_tail: bool = False,
+               error: type[ReadError] = ReadError) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-empty line of a JSONL file; each line must be a JSON object.
 
     ``drop_torn_tail``: ignore a last line without its newline (a run killed mid-append) instead of failing.
-    Errors name ``file:line``.
+    Errors name ``file:line`` and are raised as ``error`` (a :class:`ReadError` subclass, e.g. the dataset
+    loaders' ``DatasetFormatError``). Blank lines are skipped; the line numbers tell where they were.
     """
     p = Path(path)
     text = read_text(p, "a JSONL file")
@@ -99,9 +101,9 @@ def read_jsonl(path: PathLike, *, drop_torn_tail: bool = False) -> list[tuple[in
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ReadError(f"{p}:{i}: not valid JSON ({e.msg}, column {e.colno}). Fix or delete that line.") from e
+            raise error(f"{p}:{i}: not valid JSON ({e.msg}, column {e.colno}). Fix or delete that line.") from e
         if not isinstance(obj, dict):
-            raise ReadError(f"{p}:{i}: expected a JSON object per line, got {type(obj).__name__}.")
+            raise error(f"{p}:{i}: expected a JSON object per line, got {type(obj).__name__}.")
         out.append((i, obj))
     return out
 

@@ -58,7 +58,7 @@ def test_load_jsonl(tmp_path):
     ('{"text": "x", "region": [1, 2, 3]}', "3 numbers, expected 4"),
     ('{"text": "x", "region": [5, 0, 1, 4]}', "is empty"),
     ('{"text": "x", "region": "a b c d"}', "not four numbers"),
-    ('{"text": "x"', r"d.jsonl:2: invalid JSON"),
+    ('{"text": "x"', r"d.jsonl:2: not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
 ])
 def test_load_jsonl_errors(tmp_path, line, match):

@@ -197,7 +197,10 @@ def test_vlsafe_errors(tmp_path):
     f = tmp_path / "b" / "train" / "vlsafe_convert_safe.jsonl"
     lines = f.read_text().splitlines()
     f.write_text("\n".join([*lines[:10], "", *lines[10:]]) + "\n")
-    with pytest.raises(DatasetFormatError, match=r"vlsafe_convert_safe.jsonl:11: invalid JSON"):
+    with pytest.raises(DatasetFormatError, match=r"vlsafe_convert_safe.jsonl:11: blank line inside the file"):
+        load_suite("vlsafe-calib", tmp_path / "b", image_root=tmp_path, check_images=False)
+    f.write_text("\n".join([*lines[:10], '{"query": "q"', *lines[11:]]) + "\n")
+    with pytest.raises(DatasetFormatError, match=r"vlsafe_convert_safe.jsonl:11: not valid JSON"):
         load_suite("vlsafe-calib", tmp_path / "b", image_root=tmp_path, check_images=False)
     f.write_text("\n".join([json.dumps({"safe_query": "q"}), *lines[1:]]) + "\n")
     with pytest.raises(DatasetFormatError, match=r"jsonl:1: needs 'query' \(or 'safe_query'\) and 'image_id'"):

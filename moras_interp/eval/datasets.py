@@ -19,6 +19,7 @@ from PIL import Image
 
 from moras_interp.eval.labels import DatasetFormatError, parse_label, parse_optional_label
 from moras_interp.models.batch import load_image, to_rgb
+from moras_interp.readers import read_jsonl
 
 __all__ = ["FIGSTEP_PROMPT", "MMSB_IMAGE_TYPES", "DatasetFormatError", "Example", "load_csv", "load_figstep",
            "load_jsonl", "load_mm_safetybench", "load_xstest"]
@@ -160,19 +161,8 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *,
     keys go to ``meta``. Blank lines are skipped. With ``check_images`` every referenced image must exist.
     """
     p = _require_file(path)
-    out = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetFormatError(f"{where}: invalid JSON ({err.msg}).") from None
-            if not isinstance(record, dict):
-                raise DatasetFormatError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-            out.append(_from_record(record, where, str(len(out)), image_root))
+    out = [_from_record(record, f"{p}:{lineno}", str(i), image_root)
+           for i, (lineno, record) in enumerate(read_jsonl(p, error=DatasetFormatError))]
     if check_images:
         _check_images(out, p)
     return out

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moras_interp.readers import ReadError
+
 Label = Literal["unsafe", "safe"]
 
 UNSAFE_SPELLINGS: tuple[str, ...] = ("unsafe", "harmful", "1", "true", "yes")
@@ -46,7 +48,7 @@ ACCEPTED = (f"unsafe = {'/'.join(UNSAFE_SPELLINGS)} or True; safe = {'/'.join(SA
             "(any case, surrounding spaces ignored)")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ReadError):
     """A data file or example does not have the expected layout (the message names the file/line or example)."""
 
 

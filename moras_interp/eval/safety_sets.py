@@ -20,6 +20,7 @@ from moras_interp.eval.datasets import (
     _check_images,
     load_mm_safetybench,
 )
+from moras_interp.readers import read_jsonl
 
 __all__ = ["MMSB_SCENARIOS", "VLSAFE_POOL", "load_mm_safetybench_all", "mmsb_tiny_ids", "read_vlsafe_jsonl",
            "vlsafe_calibration", "vlsafe_indices"]
@@ -141,18 +142,12 @@ def read_vlsafe_jsonl(path: str | Path, image_root: str | Path) -> list[tuple[st
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"VLSafe file not found: {p}")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
     out = []
-    for i, line in enumerate(lines):
-        where = f"{p}:{i + 1}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetFormatError(f"{where}: invalid JSON ({err.msg}); every line must be one record.") from None
-        if not isinstance(rec, dict):
-            raise DatasetFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}.")
+    for i, (lineno, rec) in enumerate(read_jsonl(p, error=DatasetFormatError)):
+        where = f"{p}:{lineno}"
+        if lineno != i + 1:
+            raise DatasetFormatError(f"{p}:{i + 1}: blank line inside the file; every line must be one record "
+                                     "(the authors index records by line number).")
         text = rec.get("query") if rec.get("query") is not None else rec.get("safe_query")
         img = rec.get("image_id") if rec.get("image_id") is not None else rec.get("image_pth")
         if not text or not img:
