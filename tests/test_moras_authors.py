@@ -216,14 +216,14 @@ def test_prototype_from_file_records_provenance_and_presets_refuse_other_prompts
 
 
 def test_prepare_moras_preset_refused_unless_forced(setup):
-    from moras_interp.moras import build_methods, prepare_moras
+    from moras_interp.moras import MoRASSetup, build_methods, prepare_moras
 
     _, _, model, _ = setup
-    with pytest.warns(UserWarning, match="may not transfer"):  # the preset's model is not this one
-        setup_ = prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False,
-                               force_preset=False)
-    with pytest.raises(ValueError, match="--force-preset"):
-        build_methods(model, ["moras"], setup_)
+    with pytest.raises(ValueError, match="--force-preset"):  # refused before the prototype is built
+        prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False, force_preset=False)
+    proto = UnsafePrototype.build(model, HARMFUL, progress=False)
+    with pytest.raises(ValueError, match="--force-preset"):  # and again where MoRAS is built from the pieces
+        build_methods(model, ["moras"], MoRASSetup(proto, Calibration.preset("llava-1.5-7b"), 0.5, "given"))
     with pytest.warns(UserWarning, match="may not transfer"):
         forced = prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=HARMFUL, progress=False,
                                force_preset=True)

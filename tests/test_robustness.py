@@ -96,4 +96,19 @@ def test_preset_calibration_on_another_model_warns() -> None:
     model = mi.load_model(hf, processor=proc)
     proto = UnsafePrototype.build(model, ["a b"], 3, progress=False)
     with pytest.warns(UserWarning, match="may not transfer"):
-        prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=proto.prompts, progress=False)
+        prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=proto.prompts, progress=False,
+                      force_preset=True)
+
+
+def test_preset_with_other_prototype_prompts_is_refused_before_the_prototype_is_built(monkeypatch) -> None:
+    from moras_interp.moras import UnsafePrototype, prepare_moras
+
+    hf, proc = build_tiny("llava")
+    model = mi.load_model(hf, processor=proc)
+
+    def no_build(*a, **k):
+        raise AssertionError("the prototype was built before the preset was checked")
+
+    monkeypatch.setattr(UnsafePrototype, "build", no_build)
+    with pytest.raises(ValueError, match=r"sha256 .*the preset's c98c319b.*--force-preset"):
+        prepare_moras(model, calibration="llava-1.5-7b", harmful_prompts=["a b"], progress=False)

@@ -20,8 +20,9 @@ from moras_interp.atomic import folder_lock
 from moras_interp.identity import data_fingerprint, model_fingerprint, processor_fingerprint, sha256_json
 from moras_interp.moras.baselines import ECSO, AdaShieldS, FixedSteering, Method, NoDefence
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig
+from moras_interp.moras.presets import check_preset, prompt_set_sha256
 from moras_interp.moras.prompts import CONTEXT_PROMPT, ECSO_CAPTION_PROMPT
-from moras_interp.moras.prototype import UnsafePrototype
+from moras_interp.moras.prototype import UnsafePrototype, default_harmful_prompts_for
 from moras_interp.moras.risk import PRESETS, Calibration
 from moras_interp.moras.run_identity import prototype_fingerprint
 from moras_interp.moras.setup_files import FILES as SETUP_FILES
@@ -136,6 +137,10 @@ def _prepare(model: MLLM, calibration: str | Calibration | Sequence[Any], out: s
         proto = UnsafePrototype.load(proto_p)
         proto.check(model)
     else:
+        if isinstance(calibration, str) and calibration in PRESETS:  # refuse a mismatched preset before the build
+            plist = list(harmful_prompts) if harmful_prompts else default_harmful_prompts_for(model)
+            planned = {"prompt_sha256": prompt_set_sha256(plist), "system": cfg.system or ""}
+            check_preset(Calibration.preset(calibration, force=force_preset), UnsafePrototype({}, plist, [], planned))
         proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
                                       progress=progress, system=cfg.system, eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         if proto_p is not None:
