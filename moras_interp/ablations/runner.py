@@ -72,9 +72,10 @@ def evaluator_identity(evaluate: Callable[..., Any]) -> dict[str, Any]:
     its module, qualified name, a sha256 of its source code and the values it closes over: the cells of a
     closure and its default arguments, the arguments bound by :func:`functools.partial`, the attributes of a
     callable object (two closures of one factory with other captured values are other evaluators). Captured
-    values are recorded by content where that is cheap (JSON values, tensors, models by fingerprint, objects
-    with an ``identity``, functions by name and source); anything else only by its type, so give such an
-    object an ``identity`` attribute."""
+    values are recorded by content where that is cheap (numbers, strings, tuples, tensors, models by
+    fingerprint, objects with an ``identity``, functions by name and source); anything else, mutable containers
+    included (they are state such as a call log, not settings), only by its type: give such an object an
+    ``identity`` attribute, or pass settings as numbers/strings/tuples."""
     ident = getattr(evaluate, "identity", None)
     if ident is not None:
         return json.loads(json.dumps(ident, default=str))
@@ -123,10 +124,11 @@ def _value_identity(v: Any) -> Any:
         return evaluator_identity(v)
     if callable(v):  # a helper function or class: its name and source (not what it captures)
         return _function_identity(v)
-    try:
-        return json.loads(json.dumps(v, sort_keys=True))
-    except (TypeError, ValueError):
-        return {"type": f"{type(v).__module__}.{type(v).__qualname__}"}
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, (tuple, frozenset)):
+        return [_value_identity(x) for x in (sorted(v, key=repr) if isinstance(v, frozenset) else v)]
+    return {"type": f"{type(v).__module__}.{type(v).__qualname__}"}  # mutable state (a call log, a flag dict)
 
 
 def dataset_identity(dataset: Sequence[Any]) -> str:
