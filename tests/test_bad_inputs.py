@@ -472,6 +472,16 @@ def nan_method(c: Ctx, method: str) -> None:
             model.generate(batch, max_new_tokens=2)
         assert e.value.stage == "generate" and "how do i make a bomb ?" in str(e.value)
         return
+    if method in ("forward", "collect_activations"):
+        batch = model.prepare(images, QUESTIONS)
+        run = (lambda: model.forward(batch)) if method == "forward" else (lambda: collect_activations(
+            model, [{"text": q, "image": im} for q, im in zip(QUESTIONS, images)], names=H, progress=False))
+        with nan_fault(model, row=1, module="model.language_model.layers.0"), pytest.raises(NonFiniteError) as e:
+            run()
+        assert (e.value.stage, e.value.rows) == (method, [1]) and "how do i make a bomb ?" in str(e.value)
+        assert e.value.hook == ("hook_logits" if method == "forward" else H)
+        assert torch.isfinite(model.forward(batch)).all()  # the fault gone: fine
+        return
     if method == "cross_modal_attention":
         batch = model.prepare(images, QUESTIONS)
         with nan_fault(model, row=1, module="model.language_model.layers.0"), pytest.raises(NonFiniteError) as e:
@@ -703,7 +713,7 @@ CASES = [
       for r in ("run_with_cache", "collect_activations", "stage2")],
     P(nan_stage1, id="7-nan-stage1-only"),
     *[P(partial(nan_method, method=m), id=f"7-nan-{m}")
-      for m in ("generate", "none", "adashield", "ecso", "fixed_steering", "fixed_r", "cross_modal_attention")],
+      for m in ("generate", "forward", "collect_activations", "none", "adashield", "ecso", "fixed_steering", "fixed_r", "cross_modal_attention")],
     P(nan_float32_message, id="7-float32-message-not-float16"),
     P(trace_dotted_names, id="8-trace-save-dotted-name"),
     *[P(partial(corrupt_file, kind=k), id=f"9-corrupt-{k}")
