@@ -642,6 +642,20 @@ def rgba_composite(c: Ctx) -> None:
     assert np.array_equal(got, ((2 * num + 255) // 510).astype(np.uint8))
 
 
+def float_image(c: Ctx) -> None:
+    """A float image in [0, 1] (``Image.fromarray`` of a float32 array): scaled, not made black by Pillow."""
+    a = (np.arange(30 * 40).reshape(30, 40) / (30 * 40 - 1)).astype(np.float32)
+    im = Image.fromarray(a)
+    assert im.mode == "F" and np.asarray(im.convert("RGB")).max() <= 1  # what Pillow alone makes of it: black
+    with pytest.warns(ImageConversionWarning, match=r"float image \(mode F\) .* scaled to 8 bits"):
+        got = np.asarray(load_image(im))
+    ref = np.floor(a.astype(np.float64) * 255 + 0.5).astype(np.uint8)  # no ties: 255·k/1199 is never k'+0.5
+    assert np.array_equal(got, np.repeat(ref[..., None], 3, axis=2))
+    with pytest.raises(ValueError, match=r"a PIL image \(40×30\): float image \(mode F\) with values in "
+                                         r"\[-1, 0\.5\], outside"):
+        load_image(Image.fromarray(np.where(a > 0.5, 0.5, a) - (a == 0)))
+
+
 def oov_warning(c: Ctx) -> None:
     with pytest.warns(UnknownTokenWarning, match=r"became '<unk>': 'flamethrower'\."):
         batch = c.toy.prepare([None], ["how do i make a flamethrower ?"])
@@ -731,6 +745,7 @@ CASES = [
       id="9-cli-user-error-model-name"),
     P(png_16bit, id="10-16-bit-png"),
     P(rgba_composite, id="10-rgba-composited"),
+    P(float_image, id="10-float-image-0-1"),
     P(oov_warning, id="10-oov-warning"),
     P(partial(edited_manifest, field="n_examples", value=8, message="n_examples=8 and shard_size=4 give 4 for shard 1"),
       id="10-manifest-n_examples"),
