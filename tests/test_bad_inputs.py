@@ -169,6 +169,42 @@ def stale_data(c: Ctx, change: str) -> None:
     assert (row["question"], row["label"]) == (new[1].text, new[1].label)
 
 
+def all_refused(answers: list[str], questions: list[str]) -> list[bool]:
+    return [True] * len(answers)
+
+
+def none_refused(answers: list[str], questions: list[str]) -> list[bool]:
+    return [False] * len(answers)
+
+
+class Prefixed:
+    """A user's own method (no ``config_dict``): its option lives in a plain attribute."""
+
+    def __init__(self, model: mi.MLLM, prefix: str) -> None:
+        self.model, self.prefix, self.inner = model, prefix, NoDefence(model)
+
+    def run(self, images: list, questions: list[str], **kw: Any) -> Any:
+        return self.inner.run(images, [self.prefix + q for q in questions], **kw)
+
+
+def stale_user_callable(c: Ctx, what: str) -> None:
+    """A judge function swapped for another / a user method with another option: not answered from old records."""
+    out = c.tmp / "run"
+    if what == "judge":
+        runs = [({"none": NoDefence(c.tiny)}, {"judge": j}) for j in (all_refused, all_refused, none_refused)]
+        field = r"judge\.function: existing '.*\.all_refused' ≠ requested '.*\.none_refused'"
+    else:
+        runs = [({"mine": Prefixed(c.tiny, p)}, {}) for p in ("", "", "please ")]
+        field = r"methods\.mine\.prefix: existing '' ≠ requested 'please '"
+    assert evaluate(exs(), runs[0][0], out, **runs[0][1], **FAST).n_run == 2
+    assert evaluate(exs(), runs[1][0], out, **runs[1][1], **FAST).n_run == 0  # the same run resumes
+    with pytest.raises(IdentityMismatchError, match=rf"(?s){field}.*--overwrite"):
+        evaluate(exs(), runs[2][0], out, **runs[2][1], **FAST)
+    res = evaluate(exs(), runs[2][0], out, overwrite=True, **runs[2][1], **FAST)
+    if what == "judge":
+        assert res.records.refused.tolist() == [False, False]  # the new judge's verdicts, not the old ones
+
+
 def stale_weights(c: Ctx) -> None:
     hf, proc = build_tiny("llava", seed=5, num_layers=1)
     ckpt, out = c.tmp / "ckpt", c.tmp / "out"
@@ -705,6 +741,8 @@ CASES = [
     P(partial(stale_data, change="label"), id="1-edited-data-label"),
     P(partial(stale_data, change="question"), id="1-edited-data-question"),
     P(partial(stale_data, change="image"), id="1-edited-data-image-bytes"),
+    P(partial(stale_user_callable, what="judge"), id="1-judge-function-swapped"),
+    P(partial(stale_user_callable, what="method"), id="1-user-method-other-option"),
     P(stale_weights, id="1-new-weights-same-path"),
     P(partial(stale_grid, other="evaluator"), id="1-run-grid-other-evaluator"),
     P(partial(stale_grid, other="data"), id="1-run-grid-same-length-dataset"),

@@ -16,9 +16,7 @@ refused with a per-field diff (``overwrite=True`` discards the cache). One write
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import itertools
 import json
 from collections.abc import Callable, Sequence
@@ -26,20 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_text, folder_lock
+from moras_interp.callable_identity import callable_identity
 from moras_interp.identity import (
     IdentityMismatchError,
     RunIdentity,
     check_or_write,
     data_fingerprint,
-    model_fingerprint,
     sha256_json,
-    tensors_fingerprint,
 )
-from moras_interp.models import MLLM
 from moras_interp.readers import read_json
 
 Setting = dict[str, Any]
@@ -69,66 +64,10 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def evaluator_identity(evaluate: Callable[..., Any]) -> dict[str, Any]:
     """What an evaluator's rows depend on: its ``identity`` attribute (the standard evaluators set one), else
-    its module, qualified name, a sha256 of its source code and the values it closes over: the cells of a
-    closure and its default arguments, the arguments bound by :func:`functools.partial`, the attributes of a
-    callable object (two closures of one factory with other captured values are other evaluators). Captured
-    values are recorded by content where that is cheap (numbers, strings, tuples, tensors, models by
-    fingerprint, objects with an ``identity``, functions by name and source); anything else, mutable containers
-    included (they are state such as a call log, not settings), only by its type: give such an object an
-    ``identity`` attribute, or pass settings as numbers/strings/tuples."""
-    ident = getattr(evaluate, "identity", None)
-    if ident is not None:
-        return json.loads(json.dumps(ident, default=str))
-    if isinstance(evaluate, functools.partial):
-        return {"partial": evaluator_identity(evaluate.func), "args": [_value_identity(a) for a in evaluate.args],
-                "keywords": {k: _value_identity(v) for k, v in sorted(evaluate.keywords.items())}}
-    out = _function_identity(evaluate)
-    code, cells = getattr(evaluate, "__code__", None), getattr(evaluate, "__closure__", None) or ()
-    if code is not None and cells:
-        out["closure"] = {n: _value_identity(_cell(c)) for n, c in zip(code.co_freevars, cells)}
-    if getattr(evaluate, "__defaults__", None) or getattr(evaluate, "__kwdefaults__", None):
-        out["defaults"] = [_value_identity(v) for v in evaluate.__defaults__ or ()]
-        out["kwdefaults"] = {k: _value_identity(v) for k, v in sorted((evaluate.__kwdefaults__ or {}).items())}
-    if code is None and hasattr(evaluate, "__dict__"):  # a callable object: its attributes
-        out["attributes"] = {k: _value_identity(v) for k, v in sorted(vars(evaluate).items())}
-    return out
-
-
-def _function_identity(fn: Any) -> dict[str, Any]:
-    """Module, qualified name and source sha256 of a function (of the class, for a callable object)."""
-    target = fn if hasattr(fn, "__code__") or isinstance(fn, type) else type(fn)
-    try:
-        src = hashlib.sha256(inspect.getsource(target).encode()).hexdigest()
-    except (OSError, TypeError):
-        src = None
-    return {"function": f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}",
-            "source_sha256": src}
-
-
-def _cell(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # an empty cell (a name not yet bound)
-        return None
-
-
-def _value_identity(v: Any) -> Any:
-    """A JSON-able stand-in for a captured value: by content where cheap, else its type (see above)."""
-    if getattr(v, "identity", None) is not None:
-        return json.loads(json.dumps(v.identity, default=str))
-    if isinstance(v, MLLM):
-        return {"model": model_fingerprint(v)}
-    if isinstance(v, torch.Tensor):
-        return {"tensor": tensors_fingerprint({"t": v.reshape(-1) if v.dim() == 0 else v})}
-    if isinstance(v, functools.partial):
-        return evaluator_identity(v)
-    if callable(v):  # a helper function or class: its name and source (not what it captures)
-        return _function_identity(v)
-    if v is None or isinstance(v, (str, int, float, bool)):
-        return v
-    if isinstance(v, (tuple, frozenset)):
-        return [_value_identity(x) for x in (sorted(v, key=repr) if isinstance(v, frozenset) else v)]
-    return {"type": f"{type(v).__module__}.{type(v).__qualname__}"}  # mutable state (a call log, a flag dict)
+    its code and the values it holds (closure cells, defaults, partial arguments, an object's attributes;
+    :func:`moras_interp.callable_identity.callable_identity`): two closures of one factory that capture other
+    values are other evaluators."""
+    return callable_identity(evaluate)
 
 
 def dataset_identity(dataset: Sequence[Any]) -> str:
