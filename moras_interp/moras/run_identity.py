@@ -6,7 +6,8 @@ ECSO: caption prompt, answer template and caption budget); :func:`evaluation_ide
 :class:`~moras_interp.identity.RunIdentity` that :func:`moras_interp.moras.evaluate.evaluate` compares before it
 resumes a folder. A user method can describe itself with a ``config_dict()`` method; otherwise its class and
 public attributes are recorded (:func:`moras_interp.callable_identity.value_identity`: numbers, strings,
-tensors, models by content, other objects by type). A judge function is recorded by its code and the values
+tensors, models by content, other objects by type), so define ``config_dict()`` when public attributes hold
+run-time state such as counters or test knobs that do not change the answers. A judge function is recorded by its code and the values
 it holds (:func:`~moras_interp.callable_identity.callable_identity`).
 """
 
