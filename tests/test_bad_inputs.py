@@ -554,6 +554,20 @@ def trace_dotted_names(c: Ctx) -> None:
         assert back.risk == float(r) and torch.equal(back.stage2_states, torch.full((2, 3), float(r)))
 
 
+def attention_dotted_names(c: Ctx) -> None:
+    from moras_interp.attention.result import CrossModalAttention
+
+    saved = {}
+    for r, q in (("0.5", QUESTIONS[0]), ("0.99", QUESTIONS[1])):
+        saved[r] = cross_modal_attention(c.tiny2, c.tiny2.prepare([tiny_image()], [q]))
+        saved[r].save(c.tmp / f"attn_r{r}")
+    assert sorted(p.name for p in c.tmp.iterdir()) == ["attn_r0.5", "attn_r0.5.json", "attn_r0.99",
+                                                       "attn_r0.99.json"]
+    for r, a in saved.items():
+        back = CrossModalAttention.load(c.tmp / f"attn_r{r}")
+        assert back.prompts == a.prompts and torch.equal(back.rows, a.rows)
+
+
 # ---------------------------------------------------------------- 9. unhelpful errors
 def _pickled(path: Path) -> None:
     path.write_bytes(pickle.dumps({"x": 1}))
@@ -768,6 +782,7 @@ CASES = [
       for m in ("generate", "forward", "collect_activations", "none", "adashield", "ecso", "fixed_steering", "fixed_r", "cross_modal_attention")],
     P(nan_float32_message, id="7-float32-message-not-float16"),
     P(trace_dotted_names, id="8-trace-save-dotted-name"),
+    P(attention_dotted_names, id="8-attention-save-dotted-name"),
     *[P(partial(corrupt_file, kind=k), id=f"9-corrupt-{k}")
       for k in ("safetensors-truncated", "safetensors-pickle", "json-truncated", "json-pickle", "jsonl-line",
                 "npz-pickle")],
