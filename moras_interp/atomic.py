@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -90,7 +91,7 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    key = str(root.resolve())
+    key = (str(root.resolve()), threading.get_ident())  # another thread is another writer (its own flock)
     if key in _HELD:
         _HELD[key] += 1
         try:
@@ -126,5 +127,5 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
         os.close(fd)
 
 
-_HELD: dict[str, int] = {}
-"""Folders this process holds a lock on (resolved path → nesting depth)."""
+_HELD: dict[tuple[str, int], int] = {}
+"""Folders each thread of this process holds a lock on ((resolved path, thread id) → nesting depth)."""

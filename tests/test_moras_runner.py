@@ -65,6 +65,12 @@ class _Flaky:
     def __init__(self, inner, fail_on: int | None = None) -> None:
         self.inner, self.fail_on, self.calls, self.asked = inner, fail_on, 0, []
 
+    def config_dict(self):
+        """What changes its answers: the wrapped method only (fail_on and the counters are test machinery)."""
+        from moras_interp.moras.run_identity import method_config
+
+        return {"inner": method_config(self.inner)}
+
     def run(self, images, questions, **kw):
         self.calls += 1
         if self.calls == self.fail_on:

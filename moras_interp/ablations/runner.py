@@ -17,7 +17,6 @@ refused with a per-field diff (``overwrite=True`` discards the cache). One write
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
 import json
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_text, folder_lock
+from moras_interp.callable_identity import callable_identity
 from moras_interp.identity import (
     IdentityMismatchError,
     RunIdentity,
@@ -64,16 +64,10 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def evaluator_identity(evaluate: Callable[..., Any]) -> dict[str, Any]:
     """What an evaluator's rows depend on: its ``identity`` attribute (the standard evaluators set one), else
-    its module, qualified name and a sha256 of its source code."""
-    ident = getattr(evaluate, "identity", None)
-    if ident is not None:
-        return json.loads(json.dumps(ident, default=str))
-    try:
-        src = hashlib.sha256(inspect.getsource(evaluate).encode()).hexdigest()
-    except (OSError, TypeError):
-        src = None
-    return {"function": f"{getattr(evaluate, '__module__', '?')}.{getattr(evaluate, '__qualname__', repr(evaluate))}",
-            "source_sha256": src}
+    its code and the values it holds (closure cells, defaults, partial arguments, an object's attributes;
+    :func:`moras_interp.callable_identity.callable_identity`): two closures of one factory that capture other
+    values are other evaluators."""
+    return callable_identity(evaluate)
 
 
 def dataset_identity(dataset: Sequence[Any]) -> str:

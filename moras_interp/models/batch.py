@@ -73,7 +73,9 @@ def to_rgb(im: Image.Image, source: str = "") -> Image.Image:
       instead of Pillow's clipping (which turns most of the image white); warns.
     * Transparency (RGBA, LA, PA, RGBa, P with a transparent colour) with any non-opaque pixel: composited on
       white (:data:`WHITE`): ``round(c·a + 255·(1 − a))`` with a = alpha/255; warns.
-    * Float (``F``), CMYK, YCbCr, LAB, HSV and other modes: Pillow's conversion; warns.
+    * Float (``F``): values in [0, 1] are taken as intensities and scaled by 255, values in [0, 255] rounded
+      (Pillow's own conversion turns a [0, 1] image black); NaN/Inf or values outside [0, 255] are an error; warns.
+    * CMYK, YCbCr, LAB, HSV and other modes: Pillow's conversion; warns.
 
     ``source`` (a path or a description) names the image in warnings.
     """
@@ -92,6 +94,8 @@ def to_rgb(im: Image.Image, source: str = "") -> Image.Image:
                       ImageConversionWarning, stacklevel=3)
         g = np.rint(a / 257.0).astype(np.uint8)
         return Image.fromarray(np.stack([g, g, g], axis=-1))
+    if mode == "F":
+        return _float_to_rgb(np.asarray(im, dtype=np.float64), name)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         rgba = np.asarray(im.convert("RGBA")).astype(np.float64)
         alpha = rgba[..., 3:] / 255.0
@@ -104,6 +108,22 @@ def to_rgb(im: Image.Image, source: str = "") -> Image.Image:
     warnings.warn(f"{name}: mode {mode} converted to 8-bit RGB by Pillow (colours or precision may change).",
                   ImageConversionWarning, stacklevel=3)
     return im.convert("RGB")
+
+
+def _float_to_rgb(a: np.ndarray, name: str) -> Image.Image:
+    """A float image [h, w] → 8-bit RGB: [0, 1] scaled by 255, [0, 255] rounded (see :func:`to_rgb`)."""
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{name}: float image (mode F) holds NaN/Inf values; fix the image before loading it.")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{name}: float image (mode F) with values in [{lo:g}, {hi:g}], outside [0, 1] and "
+                         "[0, 255]; convert it to 8-bit RGB yourself.")
+    scale = 255.0 if hi <= 1.0 else 1.0
+    how = "taken as [0, 1] and scaled to 8 bits (x · 255, rounded)" if scale > 1 else "rounded to 8 bits"
+    warnings.warn(f"{name}: float image (mode F) with values in [{lo:g}, {hi:g}] {how}.", ImageConversionWarning,
+                  stacklevel=4)
+    g = np.rint(a * scale).astype(np.uint8)
+    return Image.fromarray(np.stack([g, g, g], axis=-1))
 
 
 def load_image(x: Image.Image | str | Path) -> Image.Image:

@@ -201,8 +201,13 @@ class MLLM:
     # ------------------------------------------------------------------ running
     @torch.no_grad()
     def forward(self, batch: Batch | dict[str, Any]) -> torch.Tensor:
-        """Plain forward; returns logits [b, pos, vocab]."""
-        return self.hf(**self._inputs(batch)).logits
+        """Plain forward; returns logits [b, pos, vocab]. NaN/Inf logits at a non-padding position raise
+        :class:`~moras_interp.models.finite.NonFiniteError` naming the rows (as :meth:`run_with_cache`)."""
+        with self.stage("forward", default=True):
+            stage = self.stage_name or "forward"
+            logits = self.hf(**self._inputs(batch)).logits
+        self._check_outputs(batch, {"hook_logits": logits}, stage)
+        return logits
 
     @torch.no_grad()
     def run_with_cache(self, batch: Batch, names: str | list[str] | None = None, *,
@@ -232,17 +237,21 @@ class MLLM:
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
+        self._check_outputs(batch, {**saved, "hook_logits": logits}, stage)
+        tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
+        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
+
+    def _check_outputs(self, batch: Batch | dict[str, Any], values: dict[str, torch.Tensor], stage: str) -> None:
+        """NaN/Inf in any of ``values`` (hook name → tensor) at a non-padding position → NonFiniteError."""
         mask = batch.inputs.get("attention_mask") if isinstance(batch, Batch) else None
         prompts = batch.prompts if isinstance(batch, Batch) else None
-        for n, v in [*saved.items(), ("hook_logits", logits)]:
+        for n, v in values.items():
             if is_finite(v):
                 continue
             if mask is not None and self._points[n].shape.startswith("[b, pos"):  # padding rows may be NaN (sdpa)
                 m = mask.to(v.device).bool().reshape(*mask.shape, *([1] * (v.ndim - 2)))
                 v = torch.where(m, v, torch.zeros((), dtype=v.dtype, device=v.device))
             check_finite(v, stage=stage, hook=n, examples=prompts, dtype=self.dtype)
-        tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
-        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
 
     def _remote_cache(self, batch: Batch, wanted: list[str],
                       device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:

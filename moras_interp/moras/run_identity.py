@@ -4,16 +4,22 @@
 the prototype's and calibration's content; the fixed-strength baseline: r; AdaShield: prompt and position;
 ECSO: caption prompt, answer template and caption budget); :func:`evaluation_identity` assembles the
 :class:`~moras_interp.identity.RunIdentity` that :func:`moras_interp.moras.evaluate.evaluate` compares before it
-resumes a folder. A user method can describe itself with a ``config_dict()`` method; otherwise only its class
-is recorded.
+resumes a folder. A user method can describe itself with a ``config_dict()`` method; otherwise its class and
+public attributes are recorded (:func:`moras_interp.callable_identity.value_identity`: numbers, strings,
+tensors, models by content, other objects by type), so define ``config_dict()`` when public attributes hold
+run-time state such as counters or test knobs that do not change the answers. A judge function is recorded by its code and the values
+it holds (:func:`~moras_interp.callable_identity.callable_identity`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from moras_interp.callable_identity import callable_identity, value_identity
 from moras_interp.identity import (
     RunIdentity,
     canonical_json,
@@ -55,13 +61,17 @@ def method_config(method: Any) -> dict[str, Any]:
                       "calibration": None if cal is None else cal.to_dict()}
     if isinstance(method, _PromptBaseline):
         return out | method._config() | {"generate_kwargs": method.generate_kwargs}
-    return out
+    # another method: its public attributes (a wrapped method by its own config), so an option changed is seen
+    return out | {k: method_config(v) if hasattr(v, "run") and not isinstance(v, type) else value_identity(v)
+                  for k, v in sorted(vars(method).items()) if not k.startswith("_")}
 
 
 def judge_config(judge: Any) -> dict[str, Any]:
     """The judge's class and its public JSON-able options (keyword lists, prefix-only, ...)."""
     if hasattr(judge, "config_dict"):
         return {"class": type(judge).__qualname__} | dict(judge.config_dict())
+    if inspect.isfunction(judge) or inspect.ismethod(judge) or isinstance(judge, functools.partial):
+        return {"class": type(judge).__qualname__} | callable_identity(judge)  # a judge function: code + values
     opts = {k: v for k, v in vars(judge).items() if not k.startswith("_")}
     plain = {k: v for k, v in opts.items() if " at 0x" not in canonical_json(v)}
     return {"class": type(judge).__qualname__} | plain
