@@ -598,7 +598,7 @@ def corrupt_file(c: Ctx, kind: str) -> None:
     elif kind == "jsonl-line":
         path = c.tmp / "data.jsonl"
         path.write_text(json.dumps({"text": "a", "label": "safe"}) + "\n" + '{"text": "b", "lab\n')
-        with pytest.raises((ReadError, DatasetFormatError), match=rf"{re.escape(str(path))}:2: invalid JSON"):
+        with pytest.raises((ReadError, DatasetFormatError), match=rf"{re.escape(str(path))}:2: not valid JSON"):
             load_examples(path)
     else:  # npz holding a pickle
         save_npz(c.tmp / "a.npz", {"x": np.ones(3)}, {"k": 1})
