@@ -9,7 +9,8 @@ look for NaN/Inf in the weights, in the edit/steering functions, or in the image
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from transformers import LogitsProcessor
@@ -127,3 +128,45 @@ class FiniteLogits(LogitsProcessor):
         check_finite(scores, stage=self.stage, hook="hook_logits", examples=self.examples, dtype=self.dtype,
                      detail=f"generation step {step} (0 = prefill){hint}", logits=True)
         return scores
+
+
+def check_outputs(values: Mapping[str, torch.Tensor], *, stage: str, padded: Callable[[str], bool],
+                  attention_mask: torch.Tensor | None = None, examples: Sequence[str] | None = None,
+                  dtype: torch.dtype | None = None) -> None:
+    """NaN/Inf in any of ``values`` (hook name → tensor) at a non-padding position → :class:`NonFiniteError`.
+
+    ``padded(name)`` says whether a tensor is [b, pos, ...] (its padding positions, which may be NaN under
+    sdpa, are ignored using ``attention_mask`` [b, pos])."""
+    for name, v in values.items():
+        if is_finite(v):
+            continue
+        if attention_mask is not None and padded(name):
+            m = attention_mask.to(v.device).bool().reshape(*attention_mask.shape, *([1] * (v.ndim - 2)))
+            v = torch.where(m, v, torch.zeros((), dtype=v.dtype, device=v.device))
+        check_finite(v, stage=stage, hook=name, examples=examples, dtype=dtype)
+
+
+class StageLabels:
+    """Nested labels for what a model is running (``"MoRAS context"``), named by finite-check errors."""
+
+    _stages: list[str]
+
+    @property
+    def stage_name(self) -> str | None:
+        """The label set by :meth:`stage` (nested labels joined by " / "), or None."""
+        return " / ".join(getattr(self, "_stages", [])) or None
+
+    @contextmanager
+    def stage(self, name: str, *, default: bool = False) -> Iterator[None]:
+        """Label what runs inside the block; ``default=True`` labels only if no label is set (how ``generate``
+        and ``run_with_cache`` name themselves)."""
+        if not hasattr(self, "_stages"):
+            self._stages = []
+        push = not (default and self._stages)
+        if push:
+            self._stages.append(str(name))
+        try:
+            yield
+        finally:
+            if push:
+                self._stages.pop()

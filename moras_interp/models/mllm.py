@@ -14,7 +14,7 @@ from moras_interp.models import interventions as _iv
 from moras_interp.models.adapters import Adapter, get_adapter
 from moras_interp.models.batch import Batch, ImageInput, prepare_batch
 from moras_interp.models.cache import ActivationCache
-from moras_interp.models.finite import FiniteLogits, check_finite, is_finite, pixel_hint
+from moras_interp.models.finite import FiniteLogits, StageLabels, check_outputs, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
 
 
@@ -36,7 +36,7 @@ class Generation:
     logits: torch.Tensor | None = None
 
 
-class MLLM:
+class MLLM(StageLabels):
     """A multimodal LLM with TransformerLens-style hook names on top of nnsight.
 
     Attributes:
@@ -62,7 +62,6 @@ class MLLM:
             hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
         self._points = {p.name: p for p in self.adapter.hook_points()}
         self.validated_shapes: dict[str, tuple[int, ...]] | None = None
-        self._stages: list[str] = []
 
     # ------------------------------------------------------------------ facts
     @property
@@ -97,26 +96,6 @@ class MLLM:
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
-
-    @property
-    def stage_name(self) -> str | None:
-        """The label set by :meth:`stage` (nested labels joined by " / "), or None."""
-        return " / ".join(self._stages) or None
-
-    @contextmanager
-    def stage(self, name: str, *, default: bool = False) -> Iterator[None]:
-        """Label what runs inside the block (``"MoRAS context"``); finite-check errors name it.
-
-        ``default=True`` labels only if no label is set (how ``generate`` and ``run_with_cache`` name themselves).
-        """
-        push = not (default and self._stages)
-        if push:
-            self._stages.append(str(name))
-        try:
-            yield
-        finally:
-            if push:
-                self._stages.pop()
 
     def hook_names(self) -> list[str]:
         """Every canonical hook name of this model, in execution order."""
@@ -242,16 +221,10 @@ class MLLM:
         return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
 
     def _check_outputs(self, batch: Batch | dict[str, Any], values: dict[str, torch.Tensor], stage: str) -> None:
-        """NaN/Inf in any of ``values`` (hook name → tensor) at a non-padding position → NonFiniteError."""
-        mask = batch.inputs.get("attention_mask") if isinstance(batch, Batch) else None
-        prompts = batch.prompts if isinstance(batch, Batch) else None
-        for n, v in values.items():
-            if is_finite(v):
-                continue
-            if mask is not None and self._points[n].shape.startswith("[b, pos"):  # padding rows may be NaN (sdpa)
-                m = mask.to(v.device).bool().reshape(*mask.shape, *([1] * (v.ndim - 2)))
-                v = torch.where(m, v, torch.zeros((), dtype=v.dtype, device=v.device))
-            check_finite(v, stage=stage, hook=n, examples=prompts, dtype=self.dtype)
+        is_batch = isinstance(batch, Batch)
+        check_outputs(values, stage=stage, padded=lambda n: self._points[n].shape.startswith("[b, pos"),
+                      attention_mask=batch.inputs.get("attention_mask") if is_batch else None,
+                      examples=batch.prompts if is_batch else None, dtype=self.dtype)
 
     def _remote_cache(self, batch: Batch, wanted: list[str],
                       device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:
