@@ -122,3 +122,15 @@ def test_non_finite_states_are_reported(tiny):
     moras = MoRAS(model, proto, Calibration(0.5, 5.0), use_context=False)  # the model works again without the hook
     (tr,) = moras.assess([tiny_image()], ["what is in the image ?"], progress=False)
     assert 0.0 <= tr.similarity <= 1.0 + 1e-6 and 0.0 < tr.risk < 1.0
+
+
+def test_calibration_auroc_counts_float32_noise_as_ties():
+    """Identical stage-2 text scored in different batch rows differs by ~1e-7; such pairs are ties (½), so the
+    AUROC does not depend on the batch layout. Reference: the Mann–Whitney count by hand with exact ties."""
+    s_exact = np.array([0.70, 0.70, 0.50, 0.90, 0.70, 0.30])
+    y = np.array([True, False, False, True, True, False])
+    pos, neg = s_exact[y], s_exact[~y]
+    ref = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    noisy = s_exact + np.array([6e-8, -6e-8, 0.0, 0.0, -3e-8, 0.0])  # float32 noise flips the tied pairs
+    assert Calibration.fit(noisy, y).auroc == pytest.approx(ref)
+    assert Calibration.fit(s_exact, y).auroc == pytest.approx(ref)
