@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -98,3 +99,12 @@ def test_summarise_optional_columns_and_errors():
         summarise(df, group_by="model")
     with pytest.raises(ValueError, match="no rows"):
         summarise(df.iloc[:0])
+
+
+def test_risk_auroc_counts_float32_noise_as_ties():
+    """r of identical text in different batch rows differs by ~1e-7: still a tie (½), as in a hand count."""
+    r_exact = np.array([0.99, 0.99, 0.2, 0.99])
+    y = np.array([True, False, False, True])
+    pos, neg = r_exact[y], r_exact[~y]
+    ref = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert risk_auroc(r_exact + np.array([5e-8, -5e-8, 0.0, 2e-8]), y) == pytest.approx(ref)

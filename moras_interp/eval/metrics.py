@@ -112,10 +112,16 @@ def latency_summary(times: Sequence[float]) -> dict[str, float]:
             "total": float(arr.sum())}
 
 
+SCORE_TIE_DECIMALS = 6
+"""Risk / similarity scores are compared at 6 decimals: the same text scored in different batch rows differs by
+float32 noise (~1e-7), which must not break ties (the AUROC would then depend on the batch layout)."""
+
+
 def risk_auroc(risk: Sequence[float], unsafe: Sequence[bool]) -> float:
     """AUROC of a risk score separating unsafe (positive) from safe examples; ties count one half.
 
-    Equals the probability that a random unsafe example scores higher than a random safe one.
+    Equals the probability that a random unsafe example scores higher than a random safe one. Scores equal at
+    :data:`SCORE_TIE_DECIMALS` decimals are ties.
     """
     r = np.asarray(list(risk), dtype=float)
     y = _bools(unsafe, "risk_auroc")
@@ -126,7 +132,7 @@ def risk_auroc(risk: Sequence[float], unsafe: Sequence[bool]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("risk_auroc: need both unsafe and safe examples.")
-    ranks = pd.Series(r).rank(method="average").to_numpy()
+    ranks = pd.Series(np.round(r, SCORE_TIE_DECIMALS)).rank(method="average").to_numpy()
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moras_interp.activations.separability import auroc
+from moras_interp.eval.metrics import SCORE_TIE_DECIMALS
 from moras_interp.moras.scoring import SCORE_MAX, decayed_distribution, similarity
 
 MAPPINGS = ("sigmoid", "linear")
@@ -96,7 +97,7 @@ class Calibration:
             raise ValueError(f"The calibration set needs both classes; got {n_u} unsafe and {n_s} safe examples.")
         # scores equal up to float32 noise (identical stage-2 text scored in different batch rows differs by ~1e-7)
         # are ties: without this, AUROC over tied pairs of opposite classes flips with the batch layout
-        auc = auroc(torch.round(s * TIE_DECIMALS_SCALE) / TIE_DECIMALS_SCALE, y)
+        auc = auroc(torch.round(s, decimals=SCORE_TIE_DECIMALS), y)
         if method == "official":
             x0 = float(s.mean())
             if x0 >= s_max:
@@ -113,9 +114,6 @@ class Calibration:
         flagged = (k * (s - x0)) >= 0
         return cls(x0, k, method, auc, n_u, n_s, float(flagged[y].double().mean()), float(flagged[~y].double().mean()))
 
-
-TIE_DECIMALS_SCALE = 1e6
-"""Calibration AUROC compares scores rounded to 6 decimals (float32 noise between batch rows is ~1e-7)."""
 
 PRESETS: dict[str, tuple[float, float]] = {
     "llava-1.5-7b": (0.712, 15.955),
