@@ -65,10 +65,40 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
-    for p in sub.choices.values():  # --debug is also accepted after the command
+    for name, p in sub.choices.items():  # --debug is also accepted after the command
         if "--debug" not in p._option_string_actions:
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        _standalone_help(p, sys.modules[f"moras_interp.cli.{name}"].__doc__)
     return parser
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (examples keep their layout) and every option's default shown, unless its help
+    already names it, it has none (``None``) or it is an on/off flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _standalone_help(p: argparse.ArgumentParser, doc: str | None) -> None:
+    """Every (sub-)command's ``--help`` has a description (its module docstring unless it set one) and shows
+    the defaults; nested sub-commands (``organism train``) get the same."""
+    p.formatter_class = HelpFormatter
+    if not p.description and doc:
+        p.description = doc.strip()
+    for action in p._actions:  # an option without help still shows its default
+        if action.help is None and action.option_strings and action.nargs != 0 and action.default is not None:
+            action.help = ""
+            action.help = HelpFormatter("")._get_help_string(action)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                _standalone_help(child, child.description or helps.get(name) or doc)
 
 
 def _raised_by_us(e: BaseException) -> bool:
