@@ -204,12 +204,16 @@ def test_prototype_from_file_records_provenance_and_presets_refuse_other_prompts
     proto = UnsafePrototype.build(model, prompts=str(f), n_tokens=N, progress=False)
     assert proto.prompts == HARMFUL and proto.provenance["prompt_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     assert proto.provenance["system"] == "" and proto.provenance["source"] == "text"
-    with pytest.raises(ValueError, match=r"(?s)fitted with another unsafe prototype.*sha256.*force_preset=True"):
+    with pytest.raises(ValueError, match=r"(?s)does not fit this prototype or setup.*sha256.*force_preset=True"):
         MoRAS(model, proto, Calibration.preset("llava-1.5-7b"))
     m = MoRAS(model, proto, Calibration.preset("llava-1.5-7b", force=True))  # forced: allowed
     assert m.calibration is not None and m.calibration.forced
     ok = UnsafePrototype(dict(proto.states), provenance={"prompt_sha256": AUTHORS_PROMPTS_SHA256, "system": SYS})
     MoRAS(model, ok, Calibration.preset("llava-1.5-13b"), system=SYS)  # the authors' prompts + system: accepted
+    for option in ({"score": "kl"}, {"gamma": 0.5}, {"stage2_eos": "block"}, {"mapping": "linear"}):
+        key, value = next(iter(option.items()))
+        with pytest.raises(ValueError, match=rf"uses {key}={value!r}, the preset was fitted with {key}="):
+            MoRAS(model, ok, Calibration.preset("llava-1.5-7b"), system=SYS, **option)  # another score: refused
     wrong_sys = UnsafePrototype(dict(proto.states), provenance={"prompt_sha256": AUTHORS_PROMPTS_SHA256, "system": ""})
     with pytest.raises(ValueError, match="system prompt"):
         MoRAS(model, wrong_sys, Calibration.preset("llava-1.5-7b"))

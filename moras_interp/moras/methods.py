@@ -140,7 +140,8 @@ def _prepare(model: MLLM, calibration: str | Calibration | Sequence[Any], out: s
         if isinstance(calibration, str) and calibration in PRESETS:  # refuse a mismatched preset before the build
             plist = list(harmful_prompts) if harmful_prompts else default_harmful_prompts_for(model)
             planned = {"prompt_sha256": prompt_set_sha256(plist), "system": cfg.system or ""}
-            check_preset(Calibration.preset(calibration, force=force_preset), UnsafePrototype({}, plist, [], planned))
+            check_preset(Calibration.preset(calibration, force=force_preset), UnsafePrototype({}, plist, [], planned),
+                         cfg)
         proto = UnsafePrototype.build(model, list(harmful_prompts) if harmful_prompts else None, cfg.n_tokens,
                                       progress=progress, system=cfg.system, eos=cfg.stage2_eos, hooks=cfg.prototype_hooks())
         if proto_p is not None:

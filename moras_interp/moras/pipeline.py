@@ -74,7 +74,7 @@ class MoRAS:
         self.config.check()
         prototype.check(model)
         if calibration is not None:
-            check_preset(calibration, prototype)
+            check_preset(calibration, prototype, self.config)
         built = prototype.provenance.get("system")
         if built is not None and (built or None) != self.config.system:
             raise ValueError(f"The prototype was built with system prompt {built!r} but this MoRAS sends "

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 AUTHORS_PROMPTS_SHA256 = "c98c319b76133fe054f39523fdae172c20bd9ff1b73c6344941e50fce3c80c39"
 """SHA-256 of the authors' 50 prototype prompts (``parameters/get_unsafe_states.py`` of snumprlab/moras), in order."""
 
+FIT_CONFIG: dict[str, Any] = {"n_tokens": 3, "gamma": 0.3, "stage2_eos": "stop", "score": "cosine",
+                              "mapping": "sigmoid", "use_context": True}
+"""The MoRAS options the authors' presets were fitted under (s depends on each; r on the mapping)."""
+
 PRESET_INFO: dict[str, dict[str, Any]] = {
     "llava-1.5-7b": {"model": "llava-v1.5-7b", "prompt_sha256": AUTHORS_PROMPTS_SHA256, "system": LLAVA_V1_SYSTEM,
                      "n_prompts": 50, "note": "k = ln 99 / (1 − x0) = 15.955 (consistent)."},
@@ -42,9 +46,10 @@ def prompt_set_sha256(prompts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def check_preset(calibration: Calibration, prototype: UnsafePrototype) -> None:
+def check_preset(calibration: Calibration, prototype: UnsafePrototype, config: Any = None) -> None:
     """Raise ``ValueError`` when ``calibration`` is a preset that ``prototype`` was not built for (other prompt set
-    or system prompt), unless the preset was forced (``Calibration.preset(name, force=True)``)."""
+    or system prompt), or that ``config`` (a MoRASConfig) scores differently from the fit (:data:`FIT_CONFIG`:
+    N, γ, EOS mode, score, mapping, context), unless the preset was forced (``Calibration.preset(name, force=True)``)."""
     if not calibration.method.startswith("preset:") or calibration.forced:
         return
     name = calibration.method.split(":", 1)[1]
@@ -60,9 +65,14 @@ def check_preset(calibration: Calibration, prototype: UnsafePrototype) -> None:
     if (got_sys or "") != info["system"]:
         problems.append(f"its system prompt is {got_sys!r}, the preset's the conv_llava_v1 system message "
                         "(prompts.LLAVA_V1_SYSTEM)")
+    if config is not None:
+        for key, want in FIT_CONFIG.items():
+            got = getattr(config, key, want)
+            if got != want and not (isinstance(want, float) and math.isclose(float(got), want)):
+                problems.append(f"this MoRAS uses {key}={got!r}, the preset was fitted with {key}={want!r}")
     if problems:
         raise ValueError(
-            f"Calibration preset {name!r} was fitted with another unsafe prototype: " + "; ".join(problems) + ". "
+            f"Calibration preset {name!r} does not fit this prototype or setup: " + "; ".join(problems) + ". "
             "Build the prototype as the authors did (UnsafePrototype.build(model, prompts='their_prompts.txt', "
             "system=LLAVA_V1_SYSTEM), or MoRASConfig.authors()), fit your own calibration on labelled pairs, or "
             "apply the preset anyway with force_preset=True / Calibration.preset(name, force=True) / --force-preset.")
