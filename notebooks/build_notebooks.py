@@ -258,7 +258,8 @@ NOTEBOOKS["04_ablations"] = notebook(
 from moras_interp.moras import prepare_moras
 
 setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
-evaluator = moras_evaluator(model, setup.prototype, setup.calibration, max_new_tokens=16, batch_size=16)
+evaluator = moras_evaluator(model, setup.prototype, setup.calibration, max_new_tokens=16, batch_size=16,
+                            calibration_data=calib)  # (x0, k) refitted where N, γ change what s measures
 runs = RUNS / "nb04"
 data = evals"""),
         md("## Fixed vs risk-adaptive strength\nFixed r steers every query alike; MoRAS (fixed_r = None) uses "

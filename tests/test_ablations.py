@@ -111,3 +111,29 @@ def test_attention_evaluator_matches_hf_eager(toy: mi.MLLM, data: list[Any]) -> 
         row = df[df.example == i].iloc[0]
         assert row.share == pytest.approx(share, abs=1e-6)
         assert row.ratio == pytest.approx(share / ((x1 - x0) * (y1 - y0) / 48**2), rel=1e-6)
+
+
+def test_score_changing_factors_refit_the_calibration_or_are_refused(toy: mi.MLLM, proto: UnsafePrototype,
+                                                                     data: list[Any]) -> None:
+    """(x0, k) fitted under N = 3 do not apply at N = 1: refused without calibration pairs; with them the
+    setting's r equals an independent MoRAS.calibrate(..., n_tokens=1) + run on the same pairs."""
+    from moras_interp.organisms import toy_examples
+
+    calib = toy_examples(3, 3, seed=0, split="calib")
+    with pytest.raises(ValueError, match=r"changes n_tokens=1 .*calibration_data="):
+        run_grid({"n_tokens": [1]}, moras_evaluator(toy, proto, CAL, max_new_tokens=4), data, progress=False)
+    ev = moras_evaluator(toy, proto, CAL, max_new_tokens=4, calibration_data=calib)
+    df = run_grid({"n_tokens": [1], "gamma": [0.3]}, ev, data, progress=False).sort_values("example")
+    ref = MoRAS.calibrate(toy, calib, harmful_text=proto.prompts, n_tokens=1, progress=False)
+    traces = ref.run([q.image for q in data], [q.question for q in data], max_new_tokens=4, progress=False)
+    assert np.allclose(df.risk.to_numpy(float), [t.risk for t in traces], atol=1e-5)
+    assert list(df.answer) == [t.answer for t in traces]
+    same = run_grid({"gamma": [0.3]}, moras_evaluator(toy, proto, CAL, max_new_tokens=4), data, progress=False)
+    assert len(same) == len(data)  # the base configuration needs no refit
+
+
+def test_a_tensor_prototype_is_not_silently_rebuilt_from_other_prompts(toy: mi.MLLM, proto: UnsafePrototype,
+                                                                       data: list[Any]) -> None:
+    bare = UnsafePrototype(dict(proto.states), provenance={"n_tokens": 3})  # no prompts (as from_tensor)
+    with pytest.raises(ValueError, match="records no prompts to rebuild it from"):
+        run_grid({"steer_layer": [0]}, moras_evaluator(toy, bare, CAL, max_new_tokens=4), data, progress=False)

@@ -30,7 +30,13 @@ from moras_interp.attention.interventions import MaskTopImageTokens, attention_e
 from moras_interp.attention.trace import cross_modal_attention
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
 from moras_interp.eval.labels import describe, safety_label
-from moras_interp.identity import canonical_json, model_fingerprint, processor_fingerprint, sha256_json
+from moras_interp.identity import (
+    canonical_json,
+    data_fingerprint,
+    model_fingerprint,
+    processor_fingerprint,
+    sha256_json,
+)
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig, unpack_examples
 from moras_interp.moras.prompts import reformulate
 from moras_interp.moras.prototype import UnsafePrototype
@@ -42,6 +48,9 @@ if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
 
 Evaluator = Callable[[dict[str, Any], Sequence[Any]], list[dict[str, Any]]]
+RECALIBRATE = ("score", "n_tokens", "gamma", "stage2_eos")
+"""Options that change what the similarity s measures: a calibration (x0, k) fitted under other values does not
+apply, so :func:`moras_evaluator` refits it per setting (``calibration_data``) or refuses."""
 _SHORTHANDS = ("steer_layer", "mask_top_visual", "safety_prompt_on", "prompt_variant")
 
 
@@ -54,9 +63,17 @@ def _label(it: Any, index: int) -> str | None:
 def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None, *,
                     judge: RefusalJudge | None = None, base: MoRASConfig | None = None, max_new_tokens: int = 24,
                     batch_size: int = 8, prompt_variants: dict[str, Callable[[str], str]] | None = None,
-                    progress: bool = False) -> Evaluator:
-    """An evaluator running MoRAS (or a fixed-r / ablated variant) per setting; see the module docstring."""
+                    calibration_data: Sequence[Any] | None = None, progress: bool = False) -> Evaluator:
+    """An evaluator running MoRAS (or a fixed-r / ablated variant) per setting; see the module docstring.
+
+    ``calibration`` is the (x0, k) fitted under ``base``. A setting that changes one of :data:`RECALIBRATE`
+    (score, N, γ, stage-2 EOS mode) with an adaptive r gets (x0, k) refitted on ``calibration_data`` (labelled
+    pairs, the official recipe or the calibration's own method) once per such configuration; without
+    ``calibration_data`` it is refused, since r would be computed with constants fitted for another score.
+    """
     judge = judge or KeywordJudge()
+    base_cfg = base or MoRASConfig()
+    fits: dict[str, Calibration] = {}
     protos: dict[tuple[int, tuple[str, ...], str], UnsafePrototype] = {
         (prototype.n_tokens, tuple(prototype.states), prototype.provenance.get("eos", "stop")): prototype}
 
@@ -64,7 +81,12 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         for (pn, phooks, peos), p in protos.items():
             if pn == n and set(hooks) <= set(phooks) and peos == eos:
                 return p
-        p = UnsafePrototype.build(model, prototype.prompts or None, n, hooks=hooks, progress=progress,
+        if not prototype.prompts:
+            raise ValueError(f"This setting needs the unsafe prototype at N={n}, hooks {list(hooks)}, EOS {eos!r}, "
+                             "but the given prototype records no prompts to rebuild it from (e.g. "
+                             "UnsafePrototype.from_tensor): pass a prototype built with UnsafePrototype.build, or "
+                             "keep those factors at the prototype's own values.")
+        p = UnsafePrototype.build(model, prototype.prompts, n, hooks=hooks, progress=progress,
                                   system=prototype.provenance.get("system") or None, eos=eos)
         protos[(n, tuple(p.states), eos)] = p
         return p
@@ -92,7 +114,7 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
             qs = [prompt_variants[setting["prompt_variant"]](q) for q in qs]
         proto = proto_for(int(cfg["n_tokens"]), tuple(dict.fromkeys((FINAL, *cfg["steer_hooks"]))),
                           str(cfg.get("stage2_eos", "stop")))
-        m = MoRAS(model, proto, calibration, MoRASConfig(**cfg))
+        m = MoRAS(model, proto, calibration_for(cfg, proto), MoRASConfig(**cfg))
         t0 = time.perf_counter()
         traces = m.run(ims, qs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         dt = (time.perf_counter() - t0) / len(traces)
@@ -100,11 +122,31 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         return [{"label": lab, "refused": bool(rf), "risk": t.risk, "similarity": t.similarity,
                  "latency_s": dt, "answer": t.answer} for lab, t, rf in zip(labels, traces, refused)]
 
+    def calibration_for(cfg: dict[str, Any], proto: UnsafePrototype) -> Calibration | None:
+        changed = [k for k in RECALIBRATE if cfg[k] != getattr(base_cfg, k)]
+        if calibration is None or cfg.get("fixed_r") is not None or not changed:
+            return calibration
+        if calibration_data is None:
+            raise ValueError(f"This setting changes {', '.join(f'{k}={cfg[k]!r}' for k in changed)} from the base "
+                             "config the calibration (x0, k) was fitted under, so its r would be meaningless: give "
+                             "moras_evaluator(..., calibration_data=labelled_pairs) to refit (x0, k) per setting, "
+                             "or use fixed_r / risk_mode factors.")
+        key = canonical_json({k: cfg[k] for k in (*RECALIBRATE, "steer_hooks")})
+        if key not in fits:
+            method = calibration.method if calibration.method in ("official", "logistic") else "official"
+            fitted = MoRAS.calibrate(model, list(calibration_data), prototype=proto, method=method,
+                                     batch_size=batch_size, progress=progress,
+                                     **{k: v for k, v in cfg.items() if k != "fixed_r"})
+            assert fitted.calibration is not None
+            fits[key] = fitted.calibration
+        return fits[key]
+
     evaluate.identity = {  # type: ignore[attr-defined]  # what run_grid's cache is keyed on
         "evaluator": "moras", "model": model_fingerprint(model), "processor": processor_fingerprint(model.processor),
         "prototype": prototype_fingerprint(prototype), "calibration": None if calibration is None else
         calibration.to_dict(), "judge": judge_config(judge), "base": canonical_json(vars(base or MoRASConfig())),
         "max_new_tokens": max_new_tokens,
+        "calibration_data": None if calibration_data is None else data_fingerprint(list(calibration_data)),
         "prompt_variants": {k: evaluator_identity(f) for k, f in (prompt_variants or {}).items()}}
     return evaluate
 
