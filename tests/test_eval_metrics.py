@@ -108,3 +108,12 @@ def test_risk_auroc_counts_float32_noise_as_ties():
     pos, neg = r_exact[y], r_exact[~y]
     ref = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
     assert risk_auroc(r_exact + np.array([5e-8, -5e-8, 0.0, 2e-8]), y) == pytest.approx(ref)
+
+
+def test_ties_do_not_depend_on_rounding_boundaries_or_scale():
+    """Neighbours across a decimal boundary and float32 neighbours of a KL-sized score are ties as well."""
+    assert risk_auroc([0.4999995, 0.4999994999, 0.1, 0.9], [True, False, False, True]) == pytest.approx(0.875)
+    a = np.float32(-10.123456)
+    b = np.nextafter(a, np.float32(0))
+    assert risk_auroc([float(a), float(b)], [True, False]) == risk_auroc([float(b), float(a)], [True, False]) == 0.5
+    assert risk_auroc([0.5, 0.5001], [False, True]) == 1.0  # a real difference is not a tie

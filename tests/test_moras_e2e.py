@@ -73,3 +73,21 @@ def test_moras_lowers_attack_success_with_less_over_refusal_than_fixed(organism)
         over_fixed = _refused(FixedSteering(model, setup.prototype, r).run(
             s_im, s_q, max_new_tokens=NEW, batch_size=20, progress=False)).mean()
         assert over_moras < over_fixed, (r, over_moras, over_fixed)
+
+
+def test_trace_fields_do_not_depend_on_the_batch_split(organism):
+    """With binary risk some rows get r = 0: a batch mixing them with steered rows records the same
+    displacement norms (zeros for r = 0; ‖r (u_t − h_t)‖ otherwise) as each row run alone."""
+    model, calib, evals = organism
+    m = MoRAS.calibrate(model, calib[:6], progress=False, risk_mode="binary")
+    exs = evals[:4]
+    ims, qs = [e.image for e in exs], [e.text for e in exs]
+    batch = m.run(ims, qs, max_new_tokens=4, batch_size=4, progress=False)
+    singles = [m.run([i], [q], max_new_tokens=4, batch_size=1, progress=False)[0] for i, q in zip(ims, qs)]
+    assert {t.risk for t in batch} == {0.0, 1.0}  # both kinds in the batch
+    for b, s in zip(batch, singles):
+        assert b.answer == s.answer and b.risk == s.risk
+        assert len(b.displacement_norms) == len(s.displacement_norms) == m.config.n_tokens
+        assert np.allclose(b.displacement_norms, s.displacement_norms, atol=1e-4)
+        if b.risk == 0.0:
+            assert b.displacement_norms == [0.0] * m.config.n_tokens

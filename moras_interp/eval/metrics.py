@@ -112,16 +112,30 @@ def latency_summary(times: Sequence[float]) -> dict[str, float]:
             "total": float(arr.sum())}
 
 
-SCORE_TIE_DECIMALS = 6
-"""Risk / similarity scores are compared at 6 decimals: the same text scored in different batch rows differs by
-float32 noise (~1e-7), which must not break ties (the AUROC would then depend on the batch layout)."""
+TIE_RTOL, TIE_ATOL = 8 * float(np.finfo(np.float32).eps), 1e-7
+"""Scores closer than ``TIE_ATOL + TIE_RTOL·|s|`` are ties: the same text scored in different batch rows differs
+by float32 noise, which must not order two examples (the AUROC would then depend on the batch layout)."""
+
+
+def tie_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``scores`` [n] with every run of sorted neighbours closer than float32 noise set to its first value."""
+    x = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    out = xs.copy()
+    for i in range(1, len(xs)):
+        if xs[i] - xs[i - 1] <= TIE_ATOL + TIE_RTOL * abs(xs[i]):
+            out[i] = out[i - 1]
+    tied = np.empty_like(out)
+    tied[order] = out
+    return tied
 
 
 def risk_auroc(risk: Sequence[float], unsafe: Sequence[bool]) -> float:
     """AUROC of a risk score separating unsafe (positive) from safe examples; ties count one half.
 
-    Equals the probability that a random unsafe example scores higher than a random safe one. Scores equal at
-    :data:`SCORE_TIE_DECIMALS` decimals are ties.
+    Equals the probability that a random unsafe example scores higher than a random safe one. Scores within
+    float32 noise of each other are ties (:func:`tie_scores`).
     """
     r = np.asarray(list(risk), dtype=float)
     y = _bools(unsafe, "risk_auroc")
@@ -132,7 +146,7 @@ def risk_auroc(risk: Sequence[float], unsafe: Sequence[bool]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("risk_auroc: need both unsafe and safe examples.")
-    ranks = pd.Series(np.round(r, SCORE_TIE_DECIMALS)).rank(method="average").to_numpy()
+    ranks = pd.Series(tie_scores(r)).rank(method="average").to_numpy()
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -244,6 +244,9 @@ class MoRAS:
         with steer, self._edits("answer", batch):
             gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
+        if not norms and self.config.steer_mode != "direction":  # steering skipped (every r = 0): zero displacement,
+            steps = min(self.config.n_tokens, gen.new_tokens.shape[1])  # as an r = 0 row of a mixed batch records
+            norms = [torch.zeros(len(traces))] * (steps * len(self.targets))
         for i, tr in enumerate(traces):
             tr.prompts["answer"], tr.answer, tr.risk = batch.texts[i], gen.texts[i], float(r[i])
             tr.displacement_norms = [float(n[i]) for n in norms]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moras_interp.activations.separability import auroc
-from moras_interp.eval.metrics import SCORE_TIE_DECIMALS
+from moras_interp.eval.metrics import tie_scores
 from moras_interp.moras.scoring import SCORE_MAX, decayed_distribution, similarity
 
 MAPPINGS = ("sigmoid", "linear")
@@ -97,7 +97,7 @@ class Calibration:
             raise ValueError(f"The calibration set needs both classes; got {n_u} unsafe and {n_s} safe examples.")
         # scores equal up to float32 noise (identical stage-2 text scored in different batch rows differs by ~1e-7)
         # are ties: without this, AUROC over tied pairs of opposite classes flips with the batch layout
-        auc = auroc(torch.round(s, decimals=SCORE_TIE_DECIMALS), y)
+        auc = auroc(torch.as_tensor(tie_scores(s.numpy())), y)
         if method == "official":
             x0 = float(s.mean())
             if x0 >= s_max:
