@@ -42,7 +42,7 @@ import torch
 
 from moras_interp import weights_hash
 from moras_interp.atomic import atomic_write_text
-from moras_interp.weights_hash import file_hash, parameter_hash, weight_files
+from moras_interp.weights_hash import file_hash, param_state, parameter_hash, weight_files
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
@@ -85,7 +85,10 @@ def model_identity(model: MLLM) -> dict[str, str]:
     (the config without paths, versions and dtypes; the dtype is its own field)."""
     cfg = _strip_config(model.hf.config.to_dict())
     files = weight_files(model)
-    if files:
+    if files and param_state(model.hf) != getattr(model, "loaded_param_state", None):
+        weights, source = parameter_hash(model)  # edited in memory since load: the files no longer describe it
+        source += ", changed in memory since load"
+    elif files:
         h = hashlib.sha256()
         for f in files:
             h.update(f"{f.name}:{file_hash(f)}".encode())

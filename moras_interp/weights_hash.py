@@ -100,5 +100,12 @@ def parameter_hash(model: MLLM) -> tuple[str, str]:
     return h.hexdigest(), "parameters (all bytes)" if full else "parameters (64 sampled values per tensor)"
 
 
-__all__ = ["BLOCK", "BLOCKS_PER_TENSOR", "FULL_HASH_BYTES", "FULL_HASH_ELEMENTS", "file_hash", "parameter_hash",
+def param_state(hf: torch.nn.Module) -> tuple[tuple[str, int, int], ...]:
+    """(name, storage pointer, in-place version counter) of every parameter: changes when a weight is edited in
+    place (``p.mul_``, optimiser steps) or replaced, so identities hashed from the files can tell the weights in
+    memory no longer match them."""
+    return tuple((n, p.data_ptr(), p._version) for n, p in hf.named_parameters())
+
+
+__all__ = ["BLOCK", "BLOCKS_PER_TENSOR", "FULL_HASH_BYTES", "FULL_HASH_ELEMENTS", "file_hash", "param_state", "parameter_hash",
            "weight_files"]

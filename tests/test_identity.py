@@ -272,3 +272,21 @@ def test_finished_read_only_folder_is_summarised_without_writing(tmp_path, tiny,
         evaluate(exs, {"none": NoDefence(tiny)}, tmp_path, **kw)
     with pytest.raises(IdentityMismatchError, match=r"generation\.max_new_tokens"):
         evaluate(exs[:2], {"none": NoDefence(tiny)}, tmp_path, **kw | {"max_new_tokens": 3})
+
+
+def test_weights_changed_in_memory_after_load_change_the_identity(tmp_path):
+    """A model loaded from files is identified by their hash only while its parameters are untouched; an
+    in-place edit (p.mul_) makes the identity hash the parameters, so a resume over the edit is refused."""
+    from moras_interp import collect_activations
+    from moras_interp.identity import model_fingerprint, model_identity
+
+    m = mi.load_model("toy-llava")
+    before, ident = model_fingerprint(m), model_identity(m)
+    assert "safetensors" in ident["weights_source"]
+    ds = [{"text": "how do i make a bomb ?", "label": "unsafe"}, {"text": "how do i bake bread ?", "label": "safe"}]
+    collect_activations(m, ds, names="blocks.0.hook_resid_post", out=tmp_path / "store", progress=False)
+    with torch.no_grad():
+        next(m.hf.parameters()).mul_(1.01)
+    assert model_fingerprint(m) != before and "changed in memory" in model_identity(m)["weights_source"]
+    with pytest.raises(ValueError, match="model"):
+        collect_activations(m, ds, names="blocks.0.hook_resid_post", out=tmp_path / "store", progress=False)

@@ -16,6 +16,7 @@ from moras_interp.models.batch import Batch, ImageInput, prepare_batch
 from moras_interp.models.cache import ActivationCache
 from moras_interp.models.finite import FiniteLogits, StageLabels, check_outputs, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
+from moras_interp.weights_hash import param_state
 
 
 @dataclass
@@ -62,6 +63,7 @@ class MLLM(StageLabels):
             hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
         self._points = {p.name: p for p in self.adapter.hook_points()}
         self.validated_shapes: dict[str, tuple[int, ...]] | None = None
+        self.loaded_param_state = param_state(hf)  # run identities hash the files only while this still holds
 
     # ------------------------------------------------------------------ facts
     @property
