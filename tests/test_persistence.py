@@ -24,6 +24,7 @@ from moras_interp.activations.manifest import manifest_checksum as _checksum
 from moras_interp.activations.store import ActivationStore, dataset_fingerprint
 from moras_interp.atomic import FolderLockedError, folder_lock
 from moras_interp.moras import MoRASTrace, RecordStore, UnsafePrototype
+from moras_interp.moras.evaluate import SEAL, seal
 from moras_interp.readers import ReadError, read_json, read_jsonl, read_npz, read_safetensors
 from moras_interp.viz.export import load_npz, save_npz
 
@@ -107,10 +108,16 @@ REC = {"method": "none", "id": "a", "label": "safe", "answer": "ok", "refused": 
     ([REC, {k: v for k, v in REC.items() if k != "answer"}], r"records\.jsonl:2: missing field 'answer'"),
     ([REC, "not json"], r"records\.jsonl:2: not valid JSON"),
     ([REC, [1, 2]], r"records\.jsonl:2: expected a JSON object per line"),
+    ([REC, "edited"], r"records\.jsonl:2 \(method 'none', id 'b'\) does not match its checksum 'record_sha256'"),
 ])
 def test_records_are_validated_and_deduplicated(tmp_path, lines, outcome):
+    def line(x):  # records as the store writes them (sealed); "edited": a sealed record changed by hand
+        if x == "edited":
+            return json.dumps(REC | {"id": "b", SEAL: seal(REC | {"id": "b"}), "refused": True})
+        return x if isinstance(x, str) else json.dumps(x | {SEAL: seal(x)} if isinstance(x, dict) else x)
+
     path = tmp_path / "records.jsonl"
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    path.write_text("".join(line(x) + "\n" for x in lines))
     store = RecordStore(path)
     if isinstance(outcome, int):
         with pytest.warns(UserWarning, match="dropped 1 repeated") if outcome == 1 else _no_warning():

@@ -37,7 +37,7 @@ from moras_interp.atomic import atomic_append_bytes, atomic_write_bytes, atomic_
 from moras_interp.eval.datasets import Example
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
 from moras_interp.eval.metrics import contains_accuracy
-from moras_interp.identity import IdentityMismatchError, check_or_write, data_fingerprint
+from moras_interp.identity import IdentityMismatchError, check_or_write, data_fingerprint, sha256_json
 from moras_interp.moras.baselines import Method
 from moras_interp.moras.examples import gold_answer, safety_label
 from moras_interp.moras.report import markdown_table, summary_table, write_figures
@@ -70,6 +70,10 @@ class RecordStore:
         dropped = 0
         for line, rec in read_jsonl(self.path, drop_torn_tail=True):
             check_fields(rec, _RECORD_TYPES, f"{self.path}:{line}", optional=("risk",))
+            if rec.get(SEAL) != seal(rec):
+                raise ReadError(f"{self.path}:{line} (method {rec['method']!r}, id {rec['id']!r}) does not match "
+                                f"its checksum {SEAL!r}: it was edited after the run wrote it, so its verdict cannot be "
+                                "trusted. Delete that line to recompute it, or start afresh with --overwrite.")
             key = (rec["method"], rec["id"])
             if key in out:
                 first, prev = out[key]
@@ -91,11 +95,21 @@ class RecordStore:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records with one ``write`` and an ``fsync`` (:func:`moras_interp.atomic.atomic_append_bytes`)."""
-        atomic_append_bytes(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+        data = "".join(json.dumps(r | {SEAL: seal(r)}, ensure_ascii=False) + "\n" for r in records)
+        atomic_append_bytes(self.path, data.encode())
+
+
+SEAL = "record_sha256"
+"""Each record carries the sha256 of its own content, so a hand-edited verdict or answer is refused on load."""
+
+
+def seal(rec: dict[str, Any]) -> str:
+    """sha256 (hex) of a record's canonical JSON without its :data:`SEAL` field."""
+    return sha256_json({k: v for k, v in rec.items() if k != SEAL})
 
 
 def _result(rec: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in rec.items() if k not in _TIMING_FIELDS}, sort_keys=True)
+    return json.dumps({k: v for k, v in rec.items() if k not in (*_TIMING_FIELDS, SEAL)}, sort_keys=True)
 
 
 def record(method: str, ex: Example, trace: MoRASTrace, refused: bool, example_sha256: str | None = None
