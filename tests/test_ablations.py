@@ -137,3 +137,14 @@ def test_a_tensor_prototype_is_not_silently_rebuilt_from_other_prompts(toy: mi.M
     bare = UnsafePrototype(dict(proto.states), provenance={"n_tokens": 3})  # no prompts (as from_tensor)
     with pytest.raises(ValueError, match="records no prompts to rebuild it from"):
         run_grid({"steer_layer": [0]}, moras_evaluator(toy, bare, CAL, max_new_tokens=4), data, progress=False)
+
+
+def test_a_hand_edited_cache_file_is_refused(tmp_path: Path) -> None:
+    def evaluator(setting: dict[str, Any], dataset: Any) -> list[dict[str, Any]]:
+        return [{"y": setting["a"] * x} for x in dataset]
+
+    run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False)
+    (f,) = (tmp_path / "settings").glob("*.json")
+    f.write_text(f.read_text().replace('"y": 2', '"y": 999'))
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False)

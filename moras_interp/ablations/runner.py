@@ -35,7 +35,7 @@ from moras_interp.identity import (
     data_fingerprint,
     sha256_json,
 )
-from moras_interp.readers import read_json
+from moras_interp.readers import ReadError, read_json
 
 Setting = dict[str, Any]
 Evaluator = Callable[[Setting, Sequence[Any]], list[dict[str, Any]]]
@@ -59,7 +59,15 @@ def setting_key(setting: Setting) -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, default=str))
+    """Write a cache file sealed with the sha256 of its (JSON-normalised) content."""
+    obj = json.loads(json.dumps(obj, default=str))
+    atomic_write_text(path, json.dumps(obj | {"sha256": sha256_json(obj)}))
+
+
+def _check_seal(path: Path, cached: dict[str, Any]) -> None:
+    if cached.get("sha256") != sha256_json({k: v for k, v in cached.items() if k != "sha256"}):
+        raise ReadError(f"{path} does not match its checksum: the cached rows were edited after the run wrote "
+                        "them. Delete the file to recompute that setting, or pass overwrite=True.")
 
 
 def evaluator_identity(evaluate: Callable[..., Any]) -> dict[str, Any]:
@@ -109,6 +117,7 @@ def _run(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequen
         path = cache_dir / f"{key}.json" if cache_dir is not None else None
         if path is not None and path.exists():
             cached = read_json(path, what="an ablation cache file")
+            _check_seal(path, cached)
             if cached.get("identity") != fingerprint or not isinstance(cached.get("rows"), list):
                 raise IdentityMismatchError(f"{path} was written by another run (identity "
                                             f"{str(cached.get('identity'))[:12]}…, this run {fingerprint[:12]}…): "
