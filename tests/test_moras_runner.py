@@ -154,3 +154,24 @@ def test_resuming_a_different_run_into_the_same_folder_is_refused(tmp_path: path
     with pytest.raises(ValueError, match="different run"):
         evaluate(exs, {"none": NoDefence(toy)}, tmp_path, max_new_tokens=8, progress=False, figures=False,
                  run_info={"model": "toy-llava", "data": "toy", "max_new_tokens": 8})
+
+
+def test_a_failed_setup_does_not_block_the_output_folder(tmp_path):
+    """An invalid fixed r is refused before the model loads (CLI), and a setup that fails midway leaves no
+    prototype / provenance behind that would make the next, correct run look like another run."""
+    import moras_interp as mi
+    from moras_interp.cli import main
+    from moras_interp.moras.methods import prepare_moras
+    from moras_interp.organisms import toy_examples
+
+    out = tmp_path / "run"
+    assert main(["moras", "--model", "toy-llava", "--data", "toy", "--limit", "2", "--max-new-tokens", "2",
+                 "--fixed-r", "1.5", "--out", str(out), "--quiet", "--no-figures"]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    model = mi.load_model("toy-llava")
+    cal = toy_examples(2, 2, split="calib")
+    with pytest.raises(ValueError, match=r"fixed r must be in \[0, 1\]"):
+        prepare_moras(model, calibration=cal, out=out, fixed_r=1.5, progress=False)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+    setup = prepare_moras(model, calibration=cal, out=out, fixed_r=0.5, progress=False)  # not blocked
+    assert setup.fixed_r == 0.5

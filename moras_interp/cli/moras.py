@@ -73,6 +73,13 @@ def method_names(args: argparse.Namespace) -> list[str]:
     if any(m in ("moras", "fixed") for m in names) and args.calibration is None and not _is_toy(args):
         raise ValueError("MoRAS needs --calibration: a preset (llava-1.5-7b, llava-1.5-13b), a labelled "
                          ".jsonl/.csv file, or 'toy' (the organism's calibration stream)")
+    if args.fixed_r != "auto":  # checked before the model loads
+        try:
+            r = float(args.fixed_r)
+        except ValueError:
+            raise ValueError(f"--fixed-r {args.fixed_r!r}: give a number in [0, 1] or 'auto'.") from None
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"--fixed-r {args.fixed_r}: r must be in [0, 1] (0 = no steering, 1 = replace by u_t).")
     return names
 
 

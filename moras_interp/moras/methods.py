@@ -119,8 +119,14 @@ def prepare_moras(model: MLLM, *, calibration: str | Calibration | Sequence[Any]
         if overwrite:
             for f in SETUP_FILES:
                 (Path(out) / f).unlink(missing_ok=True)
-        return _prepare(model, calibration, out, harmful_prompts, fit, fixed_r, config, batch_size, progress,
-                        force_preset)
+        fresh = [f for f in SETUP_FILES if not (Path(out) / f).exists()]
+        try:
+            return _prepare(model, calibration, out, harmful_prompts, fit, fixed_r, config, batch_size, progress,
+                            force_preset)
+        except BaseException:  # a failed setup leaves nothing behind that would block or mislead the next run
+            for f in fresh:
+                (Path(out) / f).unlink(missing_ok=True)
+            raise
 
 
 def _prepare(model: MLLM, calibration: str | Calibration | Sequence[Any], out: str | Path | None,
