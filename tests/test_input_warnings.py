@@ -123,3 +123,17 @@ def test_out_of_vocabulary_words_warn_once_naming_them(toy: MLLM) -> None:
 def test_no_warning_without_an_unknown_token() -> None:
     tok = SimpleNamespace(unk_token_id=None, unk_token=None)  # e.g. byte-level BPE: nothing is ever unknown
     _no_warning(lambda: warn_unknown_words(tok, torch.tensor([[0, 1, 2]]), ["anything at all"]))
+
+
+def test_a_truncated_or_fake_image_file_is_an_error_naming_it(tmp_path):
+    from moras_interp.models.batch import ImageReadError, load_image
+
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(good)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:60])
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image")
+    for bad in (cut, fake):
+        with pytest.raises(ImageReadError, match=rf"{bad.name}: cannot read this image"):
+            load_image(bad)

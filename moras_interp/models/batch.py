@@ -133,10 +133,19 @@ def load_image(x: Image.Image | str | Path) -> Image.Image:
     p = Path(x)
     if not p.exists():
         raise FileNotFoundError(f"Image file not found: {p}")
-    with Image.open(p) as im:
-        im.load()
-        rgb = to_rgb(im, str(p))
-        return rgb.copy() if rgb is im else rgb  # the file's image is closed on leaving the block
+    try:
+        with Image.open(p) as im:
+            im.load()
+            rgb = to_rgb(im, str(p))
+            return rgb.copy() if rgb is im else rgb  # the file's image is closed on leaving the block
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, corrupt, not an image
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ImageReadError(f"{p}: cannot read this image ({e}). Re-export or replace the file.") from e
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded (truncated, corrupt or not an image); names the file."""
 
 
 def normalise_images(images: Sequence[ImageInput] | None, n: int) -> list[list[Image.Image]]:
