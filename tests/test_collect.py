@@ -252,3 +252,26 @@ def test_jsonl_dataset_with_image_paths(model, tmp_path):
     changed = collect_activations(model, load_jsonl(tmp_path / "data.jsonl", image_root=tmp_path),
                                   names=RESID.format(l=1), progress=False)
     assert changed.manifest["dataset_fingerprint"] != from_file.manifest["dataset_fingerprint"]
+
+
+def test_a_store_collected_under_an_edit_is_not_resumed_without_it(tmp_path):
+    """Values collected inside model.hooks([(H, f)]) are f's, not the model's: reopening that store without the
+    edit (or with another one) is refused rather than returning the edited values."""
+    import moras_interp as mi
+    from moras_interp import collect_activations
+
+    m = mi.load_model("toy-llava")
+    h = "blocks.0.hook_resid_post"
+    ds = [{"text": "how do i make a bomb ?", "label": "unsafe"}, {"text": "how do i bake bread ?", "label": "safe"}]
+    def zero(v, ctx):
+        return v * 0
+
+    with m.hooks([(h, zero)]):
+        collect_activations(m, ds, names=h, out=tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match="edits"):
+        collect_activations(m, ds, names=h, out=tmp_path / "s", progress=False)
+    with m.hooks([(h, lambda v, ctx: v * 2)]), pytest.raises(ValueError, match="edits"):
+        collect_activations(m, ds, names=h, out=tmp_path / "s", progress=False)
+    with m.hooks([(h, zero)]):  # the same edit again: resumed
+        store = collect_activations(m, ds, names=h, out=tmp_path / "s", progress=False)
+    assert float(store.load(h).abs().max()) == 0.0

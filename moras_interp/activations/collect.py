@@ -36,10 +36,11 @@ from moras_interp.activations.examples import (
 )
 from moras_interp.activations.store import ActivationStore
 from moras_interp.atomic import folder_lock
+from moras_interp.callable_identity import callable_identity
 from moras_interp.identity import model_fingerprint, processor_fingerprint
 from moras_interp.models.finite import check_finite
 from moras_interp.models.hooks import expand_names
-from moras_interp.models.interventions import HookContext
+from moras_interp.models.interventions import HookContext, installed_edits
 from moras_interp.models.layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def _manifest(model: MLLM, examples: list[CollectExample], hooks: list[str], pos
             "dataset_fingerprint": examples_fingerprint(examples), "dtype": dtype, "shard_size": shard_size,
             "n_examples": len(examples), "arch": model.arch, "d_model": model.d_model,
             "identity": {"model_fingerprint": model_fingerprint(model), "chat": chat, "system": system,
+                         "edits": [{"hook": h, "fn": callable_identity(fn)} for h, fn in installed_edits(model)],
                          "processor_fingerprint": processor_fingerprint(model.processor)},
             "label_names": label_names(examples), "batch_size": batch_size}
 

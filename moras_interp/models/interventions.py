@@ -209,6 +209,17 @@ def is_edited(model: MLLM, name: str) -> bool:
     return d is not None and any(not e.read and e.point.name == p.name for e in d.entries)
 
 
+def installed_edits(model: MLLM) -> list[tuple[str, HookFn]]:
+    """(hook name, function) of every edit installed on ``model`` right now, in execution then installation order
+    (what a run's identity must include: values collected under an edit are not the model's)."""
+    out = []
+    for n in model.hook_names():
+        p = model.hook_point(n)
+        d = _DISPATCHERS.get(model.adapter.module(p.module), {}).get(p.io)
+        out += [(n, e.fn) for e in (d.entries if d is not None else []) if not e.read and e.point.name == n]
+    return out
+
+
 def edited_hooks(model: MLLM) -> list[str]:
     """Names of the hooks of ``model`` where edits are installed right now, in execution order."""
     return [n for n in model.hook_names() if is_edited(model, n)]
