@@ -19,6 +19,7 @@ import inspect
 import json
 from typing import Any
 
+import numpy as np
 import torch
 
 from moras_interp.identity import model_fingerprint, tensors_fingerprint
@@ -36,6 +37,10 @@ def callable_identity(fn: Any) -> dict[str, Any]:
     code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
     if code is not None and cells:
         out["closure"] = {n: value_identity(_cell(c)) for n, c in zip(code.co_freevars, cells)}
+    if code is not None:
+        used = _referenced_globals(fn)
+        if used:
+            out["globals"] = used
     if getattr(fn, "__defaults__", None) or getattr(fn, "__kwdefaults__", None):
         out["defaults"] = [value_identity(v) for v in fn.__defaults__ or ()]
         out["kwdefaults"] = {k: value_identity(v) for k, v in sorted((fn.__kwdefaults__ or {}).items())}
@@ -70,6 +75,8 @@ def value_identity(v: Any) -> Any:
         return {"model": model_fingerprint(v)}
     if isinstance(v, torch.Tensor):
         return {"tensor": tensors_fingerprint({"t": v.reshape(-1) if v.dim() == 0 else v})}
+    if isinstance(v, np.ndarray):
+        return {"array": hashlib.sha256(f"{v.dtype}:{v.shape}:".encode() + np.ascontiguousarray(v).tobytes()).hexdigest()}
     if isinstance(v, functools.partial):
         return callable_identity(v)
     if callable(v):  # a helper function or class: its name and source (not what it captures)
@@ -79,6 +86,34 @@ def value_identity(v: Any) -> Any:
     if isinstance(v, (tuple, frozenset)):
         return [value_identity(x) for x in (sorted(v, key=repr) if isinstance(v, frozenset) else v)]
     return {"type": f"{type(v).__module__}.{type(v).__qualname__}"}
+
+
+_SIMPLE = (type(None), str, int, float, bool, tuple, frozenset, torch.Tensor, np.ndarray)
+
+
+def _referenced_globals(fn: Any) -> dict[str, Any]:
+    """Module-level names the function's code reads that are settings (numbers, strings, tuples, arrays,
+    tensors) or functions / classes of the same module: changing ``SCALE = 10`` or redefining a helper changes
+    what the function computes, so it changes its identity. Imported modules and library objects are left out."""
+    g, module = getattr(fn, "__globals__", {}), getattr(fn, "__module__", None)
+    out = {}
+    for name in sorted(set(_names(fn.__code__))):
+        if name not in g:
+            continue
+        v = g[name]
+        if isinstance(v, _SIMPLE) or ((inspect.isfunction(v) or inspect.isclass(v)) and v.__module__ == module
+                                      and v is not fn):
+            out[name] = value_identity(v)
+    return out
+
+
+def _names(code: Any) -> list[str]:
+    """Global names read by ``code`` and by the code objects nested in it (comprehensions, inner functions)."""
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if inspect.iscode(c):
+            names += _names(c)
+    return names
 
 
 def _cell(cell: Any) -> Any:

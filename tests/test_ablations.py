@@ -148,3 +148,27 @@ def test_a_hand_edited_cache_file_is_refused(tmp_path: Path) -> None:
     f.write_text(f.read_text().replace('"y": 2', '"y": 999'))
     with pytest.raises(ValueError, match="does not match its checksum"):
         run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False)
+
+
+SCALE = 1
+
+
+def _helper(x: int) -> int:
+    return x * SCALE
+
+
+def test_grid_cache_sees_changed_globals_and_helpers(tmp_path: Path) -> None:
+    """An evaluator reading a module-level setting or helper: changing them is another run, not a resume."""
+    global SCALE
+
+    def evaluator(setting: dict[str, Any], dataset: Any) -> list[dict[str, Any]]:
+        return [{"m": setting["a"] * _helper(x) * SCALE} for x in dataset]
+
+    run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False)
+    try:
+        SCALE = 10
+        with pytest.raises(ValueError, match="SCALE"):
+            run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False)
+    finally:
+        SCALE = 1
+    assert run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False).m.tolist() == [1, 2]
