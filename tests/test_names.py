@@ -126,3 +126,15 @@ def test_unknown_hub_id_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
         load_model("nobody-org/no-such-model-moras", local_files_only=True)  # real from_pretrained, no network
     assert "'nobody-org/no-such-model-moras'" in str(err.value) and "toy-llava" in str(err.value)
     assert isinstance(err.value, OSError) and isinstance(err.value.__cause__, OSError)
+
+
+def test_an_unusable_device_is_a_clear_error_before_loading() -> None:
+    import torch
+
+    from moras_interp.models.loading import load_model
+
+    with pytest.raises(ValueError, match="not a torch device"):
+        load_model("toy-llava", device="gpu7")
+    want = "only .* CUDA device" if torch.cuda.is_available() else "this torch build or machine has no CUDA GPU"
+    with pytest.raises(ValueError, match=rf"device='cuda:99': {want}"):
+        load_model("toy-llava", device="cuda:99")

@@ -120,6 +120,22 @@ def _load_processor(model_id: str, model_type: str, trust_remote_code: bool, kwa
         "replace torch), or build the processor yourself: load_model(path, processor=MyProcessor.from_pretrained(path)).")
 
 
+def _check_device(device: str | torch.device | None) -> None:
+    """A device this torch build cannot use is a clear error before anything loads (not an assertion deep in
+    torch after the weights were read)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}); use e.g. 'cpu', 'cuda', 'cuda:1'.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: this torch build or machine has no CUDA GPU; use device='cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+
+
 def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: Any = None,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                attn_implementation: str | None = "eager", device_map: str | dict | None = None,
@@ -145,6 +161,7 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
     names in its folder), ``ValueError`` "did you mean" for a near-miss of a registered name;
     :class:`ModelNotFoundError` (an ``OSError``) when the Hub cannot provide an id.
     """
+    _check_device(device)
     target: Any = model_or_id_or_path
     name = str(model_or_id_or_path) if isinstance(model_or_id_or_path, (str, Path)) else ""
     registered = name if registry.is_registered(name) else None
