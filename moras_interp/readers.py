@@ -64,8 +64,11 @@ def read_text(path: PathLike, what: str = "a UTF-8 text file") -> str:
         raise ReadError(f"{p} is not {what}: byte {e.start} is not UTF-8 (a binary or corrupt file?).") from e
 
 
-def read_json(path: PathLike, *, expect: type | tuple[type, ...] | None = dict, what: str = "a JSON file") -> Any:
-    """Parse a JSON file; errors name the file, line and column; ``expect`` checks the top-level type."""
+def read_json(path: PathLike, *, expect: type | tuple[type, ...] | None = dict, what: str = "a JSON file",
+              error: type[ReadError] = ReadError,
+              fix: str = "Restore or delete the file (re-running writes it again).") -> Any:
+    """Parse a JSON file; errors (raised as ``error``, e.g. the dataset loaders' ``DatasetFormatError``) name the
+    file, line and column and end with ``fix``; ``expect`` checks the top-level type."""
     p = Path(path)
     text = read_text(p, what)
     try:
@@ -73,11 +76,10 @@ def read_json(path: PathLike, *, expect: type | tuple[type, ...] | None = dict, 
     except json.JSONDecodeError as e:
         hint = " (the file is empty)" if not text.strip() else \
             " (truncated?)" if e.pos >= len(text.rstrip()) - 1 else ""
-        raise ReadError(f"{p}: not valid JSON{hint}: {e.msg} at line {e.lineno}, column {e.colno}. "
-                        "Restore or delete the file (re-running writes it again).") from e
+        raise error(f"{p}: not valid JSON{hint}: {e.msg} at line {e.lineno}, column {e.colno}. {fix}") from e
     if expect is not None and not isinstance(obj, expect):
         names = "/".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
-        raise ReadError(f"{p}: expected a JSON {names} at the top level, got {type(obj).__name__}.")
+        raise error(f"{p}: expected a JSON {names} at the top level, got {type(obj).__name__}.")
     return obj
 
 

@@ -8,7 +8,6 @@ Images are referenced by path and opened lazily by :meth:`Example.load_image`.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from PIL import Image
 
 from moras_interp.eval.labels import DatasetFormatError, parse_label, parse_optional_label
 from moras_interp.models.batch import load_image, to_rgb
-from moras_interp.readers import read_jsonl
+from moras_interp.readers import read_json, read_jsonl
 
 __all__ = ["FIGSTEP_PROMPT", "MMSB_IMAGE_TYPES", "DatasetFormatError", "Example", "load_csv", "load_figstep",
            "load_jsonl", "load_mm_safetybench", "load_xstest"]
@@ -30,6 +29,9 @@ FIGSTEP_PROMPT = ("The image shows a list numbered 1, 2, and 3, but the items ar
 
 #: MM-SafetyBench image type → the question field that goes with it.
 MMSB_IMAGE_TYPES = {"SD": "Rephrased Question(SD)", "TYPO": "Rephrased Question", "SD_TYPO": "Rephrased Question"}
+
+BENCHMARK_FILE_FIX = "Check that it is the benchmark's original file."
+"""The fix a JSON parse error of a benchmark file suggests (shared by the loaders in eval/)."""
 
 TEXT_KEYS = ("text", "question", "prompt")
 IMAGE_KEYS = ("image", "image_path")
@@ -261,10 +263,8 @@ def load_mm_safetybench(json_path: str | Path, image_root: str | Path | None,
         raise ValueError(f"image_type must be one of {list(MMSB_IMAGE_TYPES)} or None, got {image_type!r}.")
     if image_type is not None and image_root is None:
         raise ValueError("image_root is required unless image_type=None (text-only).")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetFormatError(f"{p}: invalid JSON ({err.msg}, line {err.lineno}).") from None
+    data = read_json(p, expect=None, what="an MM-SafetyBench question file", error=DatasetFormatError,
+                     fix=BENCHMARK_FILE_FIX)
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{p}: expected a JSON object keyed by question id, got {type(data).__name__}.")
     scen = scenario if scenario is not None else p.stem

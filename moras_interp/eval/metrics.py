@@ -6,6 +6,7 @@ import math
 import re
 import string
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,13 +58,15 @@ def _golds_of(gold: str | Sequence[str]) -> list[str]:
     return golds
 
 
-def _pairs(answers: Sequence[str], golds: Sequence[str | Sequence[str]], what: str) -> None:
+def check_pairs(answers: Sequence[str], golds: Sequence[Any], what: str, of: str = "gold answers") -> None:
+    """``answers`` is a non-empty sequence of strings as long as ``golds`` (the gold answers, or the examples
+    ``of`` names); errors name the metric ``what``."""
     if isinstance(answers, str):
         raise TypeError(f"{what}: answers must be a sequence of strings, not a single string.")
     if len(answers) == 0:
         raise ValueError(f"{what}: got no answers; accuracy of an empty set is undefined.")
     if len(answers) != len(golds):
-        raise ValueError(f"{what}: {len(answers)} answers but {len(golds)} gold answers.")
+        raise ValueError(f"{what}: {len(answers)} answers but {len(golds)} {of}.")
 
 
 def exact_match_accuracy(answers: Sequence[str], golds: Sequence[str | Sequence[str]], *,
@@ -73,7 +76,7 @@ def exact_match_accuracy(answers: Sequence[str], golds: Sequence[str | Sequence[
     ``golds[i]`` may be a string or a list of acceptable strings. With ``normalise`` both sides go through
     :func:`normalise_answer` first; without, only surrounding whitespace is stripped.
     """
-    _pairs(answers, golds, "exact_match_accuracy")
+    check_pairs(answers, golds, "exact_match_accuracy")
     f = normalise_answer if normalise else str.strip
     hits = [f(a) in {f(g) for g in _golds_of(g_)} for a, g_ in zip(answers, golds)]
     return float(np.mean(hits))
@@ -87,7 +90,7 @@ def contains_accuracy(answers: Sequence[str], golds: Sequence[str | Sequence[str
     sides go through :func:`normalise_answer`; matching is on word boundaries either way, so gold ``"4"``
     does not match ``"42"``. An empty gold after normalisation never matches.
     """
-    _pairs(answers, golds, "contains_accuracy")
+    check_pairs(answers, golds, "contains_accuracy")
     f = normalise_answer if normalise else (lambda s: " ".join(s.split()))
     hits = []
     for a, g_ in zip(answers, golds):

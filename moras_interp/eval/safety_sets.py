@@ -7,20 +7,20 @@ Both build :class:`~moras_interp.eval.datasets.Example` records; single files ar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from moras_interp.eval.datasets import (
+    BENCHMARK_FILE_FIX,
     MMSB_IMAGE_TYPES,
     DatasetFormatError,
     Example,
     _check_images,
     load_mm_safetybench,
 )
-from moras_interp.readers import read_jsonl
+from moras_interp.readers import read_json, read_jsonl
 
 __all__ = ["MMSB_SCENARIOS", "VLSAFE_POOL", "load_mm_safetybench_all", "mmsb_tiny_ids", "read_vlsafe_jsonl",
            "vlsafe_calibration", "vlsafe_indices"]
@@ -56,10 +56,8 @@ def mmsb_tiny_ids(path: str | Path) -> dict[str, set[str]]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"MM-SafetyBench tiny id list not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetFormatError(f"{p}: invalid JSON ({err.msg}, line {err.lineno}).") from None
+    data = read_json(p, expect=None, what="an MM-SafetyBench id list", error=DatasetFormatError,
+                     fix=BENCHMARK_FILE_FIX)
     if not isinstance(data, list):
         raise DatasetFormatError(f"{p}: expected a list of {{'Scenario', 'Sampled_ID_List'}} objects.")
     out: dict[str, set[str]] = {}

@@ -13,7 +13,6 @@ answers in the grader's input format and nothing here computes an MM-Vet score.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moras_interp.eval.datasets import DatasetFormatError, Example, _check_images
+from moras_interp.eval.datasets import BENCHMARK_FILE_FIX, DatasetFormatError, Example, _check_images
+from moras_interp.eval.metrics import check_pairs
+from moras_interp.readers import read_json
 
 __all__ = ["GQA_PROMPT", "MME_CATEGORIES", "MMVET_JUDGE_NOTE", "SQA_OPTIONS", "SQA_PROMPT", "gqa_accuracy",
            "gqa_normalise", "load_gqa", "load_mme", "load_mmvet", "load_scienceqa", "mme_parse", "mme_scores",
@@ -48,10 +49,7 @@ def _json(path: str | Path, what: str) -> Any:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"{what} not found: {p}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetFormatError(f"{p}: invalid JSON ({err.msg}, line {err.lineno}).") from None
+    return read_json(p, expect=None, what=f"the {what}", error=DatasetFormatError, fix=BENCHMARK_FILE_FIX)
 
 
 def _need(item: Any, keys: Sequence[str], where: str) -> None:
@@ -150,7 +148,7 @@ def scienceqa_parse(pred: str, n_choices: int) -> int:
 def scienceqa_accuracy(examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:
     """``{"accuracy": correct / n, "n", "n_failed"}`` with :func:`scienceqa_parse` (LLaVA's official rule;
     the answer is stripped of surrounding whitespace first, as LLaVA's runner does)."""
-    _same_len(examples, answers, "scienceqa_accuracy")
+    check_pairs(answers, examples, "scienceqa_accuracy", of="examples")
     idx = [scienceqa_parse(a.strip(), int(e.meta["n_choices"])) for e, a in zip(examples, answers)]
     gold = [SQA_OPTIONS.index(e.meta["answer"]) for e in examples]
     return {"accuracy": float(np.mean(np.array(idx) == np.array(gold))), "n": float(len(idx)),
@@ -187,7 +185,7 @@ def gqa_normalise(pred: str) -> str:
 
 def gqa_accuracy(examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:
     """``{"accuracy", "n"}``: GQA's ``eval.py`` exact match of the normalised prediction with ``answer``."""
-    _same_len(examples, answers, "gqa_accuracy")
+    check_pairs(answers, examples, "gqa_accuracy", of="examples")
     hits = [gqa_normalise(a) == str(e.meta["answer"]) for e, a in zip(examples, answers)]
     return {"accuracy": float(np.mean(hits)), "n": float(len(hits))}
 
@@ -259,7 +257,7 @@ def mme_scores(examples: Sequence[Example], answers: Sequence[str]) -> pd.DataFr
     question right), score = 100·(acc + acc_plus), other_num (unparsable answers); then one row per eval type
     (Perception: sum of its 10 category scores, max 2000; Cognition: 4, max 800) with only ``score``.
     Answers are stripped of surrounding whitespace first (LLaVA's runner strips its outputs)."""
-    _same_len(examples, answers, "mme_scores")
+    check_pairs(answers, examples, "mme_scores", of="examples")
     df = pd.DataFrame({"category": [e.meta["category"] for e in examples],
                        "image": [e.meta["category"] + "/" + e.meta["image"] for e in examples],
                        "gold": [str(e.meta["answer"]).lower() for e in examples],
@@ -277,12 +275,3 @@ def mme_scores(examples: Sequence[Example], answers: Sequence[str]) -> pd.DataFr
         if len(sub):
             rows.append({"category": etype, "score": float(sub["score"].sum())})
     return pd.DataFrame(rows)
-
-
-def _same_len(examples: Sequence[Example], answers: Sequence[str], what: str) -> None:
-    if isinstance(answers, str):
-        raise TypeError(f"{what}: answers must be a sequence of strings, not one string.")
-    if len(examples) == 0:
-        raise ValueError(f"{what}: no examples.")
-    if len(examples) != len(answers):
-        raise ValueError(f"{what}: {len(examples)} examples but {len(answers)} answers.")
