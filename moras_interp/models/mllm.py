@@ -11,11 +11,13 @@ import torch
 from transformers import LogitsProcessorList
 
 from moras_interp.models import interventions as _iv
+from moras_interp.models.act_names import NamesFilter, resolve_names_filter
 from moras_interp.models.adapters import Adapter, get_adapter
 from moras_interp.models.batch import Batch, ImageInput, prepare_batch
 from moras_interp.models.cache import ActivationCache
 from moras_interp.models.finite import FiniteLogits, StageLabels, check_outputs, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
+from moras_interp.models.tl_run import TLRun
 from moras_interp.weights_hash import param_state
 
 
@@ -37,7 +39,7 @@ class Generation:
     logits: torch.Tensor | None = None
 
 
-class MLLM(StageLabels):
+class MLLM(StageLabels, TLRun):
     """A multimodal LLM with TransformerLens-style hook names on top of nnsight.
 
     Attributes:
@@ -191,16 +193,19 @@ class MLLM(StageLabels):
         return logits
 
     @torch.no_grad()
-    def run_with_cache(self, batch: Batch, names: str | list[str] | None = None, *,
+    def run_with_cache(self, batch: Batch, names: NamesFilter = None, *, names_filter: NamesFilter = None,
                        device: torch.device | str | None = None) -> tuple[torch.Tensor, ActivationCache]:
-        """One forward saving the named hooks (names or globs like ``"blocks.*.hook_resid_post"``).
+        """One forward saving the named hooks: ``names`` / ``names_filter`` (the TransformerLens name; give one) is a
+        name, a glob like ``"blocks.*.hook_resid_post"``, a list of them or a callable ``name -> bool``.
 
         Returns (logits [b, pos, vocab], ActivationCache). ``device`` moves cached tensors (e.g. "cpu").
         Values are read through the same per-hook mechanism as :meth:`hooks`, after every edit installed there,
         so under ``model.hooks([(H, f)])`` the cache holds f's result at H. NaN/Inf at a non-padding position
         raises :class:`~moras_interp.models.finite.NonFiniteError` naming the hook and the rows.
         """
-        wanted = expand_names(names, self.hook_names())
+        if names is not None and names_filter is not None:
+            raise ValueError("run_with_cache: give names or names_filter (the same thing), not both.")
+        wanted = resolve_names_filter(names if names is not None else names_filter, self.hook_names())
         for n in wanted:
             self._check_pattern(self._points[n])
         if self.remote:
@@ -220,7 +225,7 @@ class MLLM(StageLabels):
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
         self._check_outputs(batch, {**saved, "hook_logits": logits}, stage)
         tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
-        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
+        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None, self)
 
     def _check_outputs(self, batch: Batch | dict[str, Any], values: dict[str, torch.Tensor], stage: str) -> None:
         is_batch = isinstance(batch, Batch)
@@ -238,7 +243,7 @@ class MLLM(StageLabels):
                 saved[p.name] = self.read(p.name).save()
             logits = self.envoy(self.adapter.lm_head).output.save()
         tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
-        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
+        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None, self)
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 32, *, do_sample: bool = False,
