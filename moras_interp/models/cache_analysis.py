@@ -112,7 +112,9 @@ class ResidAnalysis:
             return self._t[f"blocks.{layer}.hook_resid_pre"] + self._t[f"blocks.{layer}.hook_attn_out"]
         return self[name]
 
-    def _embed(self) -> torch.Tensor:
+    def inputs_embeds(self) -> torch.Tensor:
+        """[b, pos, d]: the sequence the decoder reads (image features merged): ``hook_inputs_embeds`` if cached,
+        else ``blocks.0.hook_resid_pre`` (the same tensor)."""
         return self._t["hook_inputs_embeds"] if "hook_inputs_embeds" in self._t else self["blocks.0.hook_resid_pre"]
 
     def _sel(self, t: torch.Tensor, pos_slice: PosSlice, pos_dim: int = -2) -> torch.Tensor:
@@ -159,7 +161,7 @@ class ResidAnalysis:
         if mode not in ("all", "mlp", "attn"):
             raise ValueError(f"mode={mode!r}: use 'all', 'mlp' or 'attn'.")
         layer = self._layer_arg(layer)
-        comps, labels = ([self._embed()], ["embed"]) if incl_embeds else ([], [])
+        comps, labels = ([self.inputs_embeds()], ["embed"]) if incl_embeds else ([], [])
         for l in range(layer):
             if mode != "mlp":
                 comps.append(self[f"blocks.{l}.hook_attn_out"])
@@ -199,10 +201,10 @@ class ResidAnalysis:
             r = self._sel(self.head_results(l), pos_slice, pos_dim=-3)  # [b, (pos,) H, d]
             comps.append(r.movedim(-2, 0))
             labels += [f"L{l}H{h}" for h in range(r.shape[-2])]
-        stack = torch.cat(comps) if comps else torch.zeros(0, *self._sel(self._embed(), pos_slice).shape)
+        stack = torch.cat(comps) if comps else torch.zeros(0, *self._sel(self.inputs_embeds(), pos_slice).shape)
         if incl_remainder:
             total = self._sel(self._resid("post", layer - 1), pos_slice) if layer > 0 else self._sel(
-                self._embed(), pos_slice)
+                self.inputs_embeds(), pos_slice)
             stack = torch.cat([stack, (total - stack.sum(0))[None]])
             labels.append("remainder")
         if apply_ln:
