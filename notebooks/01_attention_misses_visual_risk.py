@@ -106,6 +106,37 @@ export(plain.layer_head_grid(0), "01_layer_head_grid")
 export(reform.small_multiples(0, box=q.box), "01_small_multiples_with_context")
 
 # %% [markdown]
+# ## Which heads write the compliance, and do they read the hazard?
+# Direct logit attribution of every head to `logit("i") - logit("sure")` at the last prompt token (`i` starts the
+# organism's refusal, `sure` its compliance; negative = pushes towards complying). Each head's contribution splits
+# exactly over the positions it attends to, `Σ_k pattern[q, k] · v[k] W_O`, so it separates into what the head
+# reads from image tokens, from text tokens, and from the image tokens covering the hazard's box
+# (`moras_interp.attention.head_dla`; details in docs/analysis.md).
+
+# %%
+from moras_interp.attention import head_dla
+
+probe = unsafe[:16]
+dla_batch = model.prepare([q.image for q in probe], [q.question for q in probe])
+dla = head_dla(model, dla_batch, "i", "sure", box=[q.box for q in probe])
+exact = torch.allclose(dla.embed + dla.layer_attn.sum(-1) + dla.layer_mlp.sum(-1), dla.logit_diff, atol=1e-3)
+print("components add up to the model's logit difference:", exact)
+pd.DataFrame({"logit diff (i - sure)": dla.logit_diff, "all heads": dla.total.sum((1, 2)),
+              "read from image tokens": dla.image.sum((1, 2)), "of which the hazard": dla.region.sum((1, 2)),
+              "read from text tokens": dla.text.sum((1, 2))}).mean().round(3)
+
+# %%
+dla.table(k=8).round(3)
+
+# %%
+export(dla.heatmap("total", title=f"{model.model_id}: head DLA, logit(i) - logit(sure), mean over scenes"),
+       "01_dla_heads")
+
+# %%
+export(dla.split_figure(k=8, title="top heads: logit contribution read from image vs text tokens (mean)"),
+       "01_dla_image_vs_text")
+
+# %% [markdown]
 # ## Over the held-out set
 # Share of image attention on the hazard's box divided by the box's area share (1.0 = no better than uniform), per layer and for H_n (heads with image mass > 0.2).
 

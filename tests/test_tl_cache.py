@@ -225,3 +225,88 @@ def test_run_with_hooks_equals_torch_hook(models: Any, arch: str) -> None:
     assert not torch.allclose(kept, plain, atol=1e-3)
     torch.testing.assert_close(model.forward(batch), plain)
     assert [s[:2] for s in seen[1:3]] == [("blocks.0.hook_resid_pre", 0), ("blocks.1.hook_resid_pre", 1)]
+
+
+# ------------------------------------------------------------------ heads (need attn.hook_z / hook_v / hook_result)
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_stack_head_results(models: Any, arch: str) -> None:
+    model = models(arch)
+    batch = _batch(model)
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.*.attn.hook_z", "blocks.*.hook_attn_out", RESID])
+    stack, labels = cache.stack_head_results(return_labels=True)
+    n_heads = model.cfg.num_attention_heads
+    assert labels[: n_heads + 1] == [f"L0H{h}" for h in range(n_heads)] + ["L1H0"]
+    dec = _dec(model, arch)
+    for l in range(model.n_layers):
+        o_proj = dec.layers[l].self_attn.o_proj
+        heads = stack[l * n_heads:(l + 1) * n_heads]
+        # each head by hand: its slice of z times its columns of o_proj.weight
+        z = cache[f"blocks.{l}.attn.hook_z"]
+        d_head = z.shape[-1]
+        h = n_heads - 1
+        torch.testing.assert_close(heads[h], z[..., h, :] @ o_proj.weight[:, h * d_head:(h + 1) * d_head].T,
+                                   atol=1e-5, rtol=1e-5)
+        out = heads.sum(0) + (o_proj.bias if o_proj.bias is not None else 0.0)
+        if arch == "gemma3":  # the post-attention norm comes before the residual add
+            out = dec.layers[l].post_attention_layernorm(out)
+        torch.testing.assert_close(out, cache[f"blocks.{l}.hook_attn_out"], atol=1e-5, rtol=1e-5)
+    with_rest = cache.stack_head_results(incl_remainder=True)
+    torch.testing.assert_close(with_rest.sum(0), cache[f"blocks.{model.n_layers - 1}.hook_resid_post"], atol=1e-5,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_head_dla_decomposes_exactly(models: Any, arch: str) -> None:
+    from moras_interp.attention import head_dla
+
+    model = models(arch)
+    batch = _batch(model)
+    w, h = tiny_image().size
+    dla = head_dla(model, batch, 5, 7, box=(0, 0, w / 2, h))
+    torch.testing.assert_close(dla.image + dla.text, dla.total, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dla.by_source.sum(-1), dla.total)
+    torch.testing.assert_close(dla.total.sum(-1) + dla.attn_bias, dla.layer_attn, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dla.embed + dla.layer_attn.sum(-1) + dla.layer_mlp.sum(-1), dla.logit_diff,
+                               atol=1e-4, rtol=1e-4)
+    for e, lay in enumerate(batch.layouts):  # the region is a non-empty subset of the image tokens
+        reg = dla.region_positions[e]
+        assert 0 < reg.numel() < lay.images[0].grid_positions().numel()
+        assert set(reg.tolist()) <= set(lay.image_positions.tolist())
+        torch.testing.assert_close(dla.region[e], dla.by_source[e][..., reg].sum(-1))
+
+    if arch == "gemma3":
+        return
+    # one head by hand, from hook_z and the weights (non-Gemma3: no post-attention norm)
+    final = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.1.attn.hook_z", final])
+    fw, eps = _final_weight(model, arch)
+    w_u = model.hf.lm_head.weight.detach()
+    z = _last(cache["blocks.1.attn.hook_z"], batch)[:, 2]  # [b, d_head], head 2
+    o_w = _dec(model, arch).layers[1].self_attn.o_proj.weight.detach()
+    result = z @ o_w[:, 2 * z.shape[-1]:3 * z.shape[-1]].T
+    scale = _rms(_last(cache[final], batch), eps)
+    by_hand = (result / scale * fw * (w_u[5] - w_u[7])).sum(-1)
+    torch.testing.assert_close(dla.total[:, 1, 2], by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_head_dla_sdpa_matches_eager(models: Any) -> None:
+    from moras_interp.attention import head_dla
+
+    eager, sdpa = models("qwen2_vl"), models("qwen2_vl", "sdpa")
+    a, b = head_dla(eager, _batch(eager), 5, 7), head_dla(sdpa, _batch(sdpa), 5, 7)
+    torch.testing.assert_close(a.image, b.image, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.text, b.text, atol=1e-5, rtol=1e-4)
+
+
+def test_analysis_doc_example_runs() -> None:
+    """docs/analysis.md's worked example runs as written on the organism (its asserts are the checks)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "analysis.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    scope: dict = {}
+    exec(compile(code, "docs/analysis.md", "exec"), scope)  # our own documentation
+    dla = scope["dla"]
+    assert dla.total.shape == (4, scope["model"].n_layers, scope["model"].cfg.num_attention_heads)
+    assert dla.region is not None and dla.region[0].abs().sum() > 0

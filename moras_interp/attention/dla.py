@@ -131,14 +131,26 @@ class HeadDLA:
         return fig
 
 
+def _is_box(box: Any) -> bool:
+    return isinstance(box, (tuple, list)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+
+
 def _region_positions(batch: Batch, image: int, box: Any, mask: Any) -> list[torch.Tensor]:
+    """Per example: the grid positions of image ``image`` whose patch box overlaps the region (one box / mask for
+    every example, or a list with one per example, None = no region for that example)."""
+    b = len(batch)
+    boxes = [box] * b if box is None or _is_box(box) else list(box)
+    masks = [mask] * b if mask is None or isinstance(mask, (np.ndarray, torch.Tensor)) else list(mask)
+    if len(boxes) != b or len(masks) != b:
+        raise ValueError(f"head_dla: box / mask must be one region or a list of {b} (one per example), got "
+                         f"{len(boxes)} boxes and {len(masks)} masks.")
     out = []
-    for lay in batch.layouts:
-        if (box is None and mask is None) or len(lay.images) <= image:
+    for lay, bx, mk in zip(batch.layouts, boxes, masks, strict=True):
+        if (bx is None and mk is None) or len(lay.images) <= image:
             out.append(torch.zeros(0, dtype=torch.long))
             continue
         im = lay.images[image]
-        frac = overlap_fraction(im.grid_boxes(), im.image_size, box=box, mask=mask)
+        frac = overlap_fraction(im.grid_boxes(), im.image_size, box=None if bx is None else tuple(bx), mask=mk)
         out.append(im.grid_positions()[frac > 0])
     return out
 
@@ -153,8 +165,9 @@ def head_dla(model: MLLM, batch: Batch, answer: Any, wrong: Any = None, *, box: 
         batch: from ``model.prepare``.
         answer: the token whose logit is attributed (int, single-token string, or one per example).
         wrong: the token subtracted (same forms), or None to attribute the answer's logit alone.
-        box / mask: the risky region in ORIGINAL pixels of image ``image`` of each example (``(x0, y0, x1, y1)`` or
-            a bool [H, W] mask); region tokens = that image's grid tokens whose patch box overlaps it.
+        box / mask: the risky region in ORIGINAL pixels of image ``image`` (``(x0, y0, x1, y1)`` or a bool [H, W]
+            mask), one for every example or a list with one per example (None: no region there); region tokens =
+            that image's grid tokens whose patch box overlaps it.
 
     Returns:
         :class:`HeadDLA` (float32, CPU).
