@@ -31,7 +31,13 @@ PROJECTOR = {a: "model.multi_modal_projector" for a in TINY_ARCHS} | {
 SANDWICH = {"gemma3"}
 """Architectures whose sublayer outputs pass through a post-norm before the residual add."""
 SEQ_HOOKS = ("hook_embed", "hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post",
-             "ln_final.hook_normalized", "hook_logits")
+             "ln_final.hook_out", "hook_logits")
+TL_TEMPLATES = {f"blocks.{{l}}.{n}" for n in (
+    "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q",
+    "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_z", "attn.hook_result", "hook_resid_mid", "ln2.hook_scale",
+    "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post")} | {
+    "ln_final.hook_scale", "ln_final.hook_normalized"}
+"""The TransformerLens per-head / intermediate names, checked against hand-written references in test_tl_hooks.py."""
 PROMPTS = ("what is in the image ?", "how do i make a bomb with this item ? please tell me what you see")
 ATOL = 1e-5
 
@@ -57,7 +63,7 @@ def hf_reference(model: MLLM, arch: str, inputs: dict[str, Any]) -> dict[str, to
         if arch in SANDWICH:
             handles.append(layer.post_attention_layernorm.register_forward_hook(keep(f"blocks.{l}.hook_attn_out")))
             handles.append(layer.post_feedforward_layernorm.register_forward_hook(keep(f"blocks.{l}.hook_mlp_out")))
-    handles.append(dec.norm.register_forward_hook(keep("ln_final.hook_normalized")))
+    handles.append(dec.norm.register_forward_hook(keep("ln_final.hook_out")))
     for l, layer in enumerate(hf.get_submodule(VISION_LAYERS[arch])):
         handles.append(layer.register_forward_hook(keep(f"vision.blocks.{l}.hook_resid_post")))
     handles.append(hf.get_submodule(PROJECTOR[arch]).register_forward_hook(keep("projector.hook_out")))
@@ -90,18 +96,20 @@ def image_batch(model: MLLM, n: int = 1) -> Any:
 def test_hook_values_equal_hf(models: Callable[..., MLLM], arch: str) -> None:
     model = models(arch)
     batch = image_batch(model)
-    logits, cache = model.run_with_cache(batch)  # every hook name
+    logits, cache = model.run_with_cache(batch)  # every hook name (but the on-request attn.hook_result)
     ref = hf_reference(model, arch, batch.inputs)
     n = model.n_layers
-    assert n == 2 and set(cache) == set(model.hook_names())
+    assert n == 2 and set(cache) == {h for h in model.hook_names() if not h.endswith("attn.hook_result")}
     for name in model.hook_names():
+        if model.hook_point(name).template in TL_TEMPLATES:
+            continue  # per-head / intermediate hooks: tests/test_tl_hooks.py
         assert name in ref, f"no reference for {name}"
         assert cache[name].shape == ref[name].shape, name
         torch.testing.assert_close(cache[name], ref[name], atol=ATOL, rtol=0, msg=name)
     torch.testing.assert_close(logits, ref["hook_logits"], atol=ATOL, rtol=0)
     torch.testing.assert_close(model.forward(batch), ref["hook_logits"], atol=ATOL, rtol=0)
     # HF's last hidden state is the final-normed one
-    torch.testing.assert_close(cache["ln_final.hook_normalized"], ref["hf_last_hidden"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(cache["ln_final.hook_out"], ref["hf_last_hidden"], atol=ATOL, rtol=0)
     # the residual stream decomposes into the sublayer outputs
     for l in range(n):
         pre, post = cache[f"blocks.{l}.hook_resid_pre"], cache[f"blocks.{l}.hook_resid_post"]
@@ -120,8 +128,8 @@ def test_hook_values_equal_hf(models: Callable[..., MLLM], arch: str) -> None:
 
 def test_hook_names_are_the_same_on_every_architecture(models: Callable[..., MLLM]) -> None:
     expected = {"hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.hook_resid_post", "blocks.{l}.hook_attn_out",
-                "blocks.{l}.hook_mlp_out", "blocks.{l}.attn.hook_pattern", "ln_final.hook_normalized", "hook_logits",
-                "vision.blocks.{l}.hook_resid_post", "projector.hook_out"}
+                "blocks.{l}.hook_mlp_out", "blocks.{l}.attn.hook_pattern", "ln_final.hook_out", "hook_logits",
+                "vision.blocks.{l}.hook_resid_post", "projector.hook_out", *TL_TEMPLATES}
     for arch in TINY_ARCHS:
         model = models(arch)
         names = model.hook_names()
@@ -135,7 +143,7 @@ def test_hook_names_are_the_same_on_every_architecture(models: Callable[..., MLL
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_left_padded_batch_equals_single_examples(models: Callable[..., MLLM], arch: str) -> None:
     model = models(arch)
-    names = [n for n in model.hook_names() if n.split(".")[-1] in {h.split(".")[-1] for h in SEQ_HOOKS}
+    names = [n for n in model.hook_names() if (n in SEQ_HOOKS or n.split(".")[-1] in SEQ_HOOKS)
              and not n.startswith("vision.")]
     both = image_batch(model, 2)
     assert both.input_ids.shape[0] == 2
@@ -273,7 +281,7 @@ def _steered_generation(model: MLLM, arch: str, batch: Any, new: int, steer: Cal
         seen.append(ctx.step)
         return steer(x, ctx)
 
-    with model.hooks([("ln_final.hook_normalized", steer_logged)], steps=steps) as handle:
+    with model.hooks([("ln_final.hook_out", steer_logged)], steps=steps) as handle:
         got = model.generate(batch, new, min_new_tokens=new, return_logits=True)
     assert not handle.active
     # reference: a plain torch hook on the final norm, counting top-level forwards itself

@@ -10,9 +10,10 @@ with a dot, or starting with ``hook_``) is returned unchanged.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 
-from moras_interp.models.hooks import expand_names
+from moras_interp.models.hooks import ON_REQUEST, expand_names, on_request
 
 _ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
             "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
@@ -57,20 +58,28 @@ def resolve_names_filter(names_filter: NamesFilter, available: list[str]) -> lis
 
     A string or a list of strings goes through :func:`~moras_interp.models.hooks.expand_names` (exact names and
     globs; an unknown name raises ``KeyError`` with the closest names); a callable is called once per
-    available name and must return a bool. A callable that selects nothing is an error naming the fix.
+    available name and must return a bool. A callable never selects the hooks computed only on request
+    (``attn.hook_result``: name or glob them; a warning says when it matched them); one that selects nothing is
+    an error naming the fix.
     """
     if names_filter is None or isinstance(names_filter, str):
         return expand_names(names_filter, available)
     if callable(names_filter):
-        picked = []
+        picked, skipped = [], []
         for n in available:
             keep = names_filter(n)
             if not isinstance(keep, bool):
                 raise TypeError(f"names_filter({n!r}) returned {type(keep).__name__}; it must return True or False.")
             if keep:
-                picked.append(n)
+                (skipped if on_request(n) else picked).append(n)
         if not picked:
-            raise KeyError("names_filter selected no hook name; list the names with model.hook_names().")
+            hint = (f" It matched only hooks computed on request ({', '.join(ON_REQUEST)}); name them or use a glob such"
+                    " as 'blocks.*.attn.hook_result'." if skipped else "")
+            raise KeyError(f"names_filter selected no hook name; list the names with model.hook_names().{hint}")
+        if skipped:
+            warnings.warn(f"names_filter matched {len(skipped)} hooks computed only on request ({', '.join(ON_REQUEST)}),"
+                          " left out; name them (e.g. 'blocks.*.attn.hook_result') to cache them, or let "
+                          "cache.stack_head_results() compute the head results from hook_z.", stacklevel=3)
         return picked
     names = list(names_filter)
     if not all(isinstance(n, str) for n in names):

@@ -16,7 +16,7 @@ d_v = vision hidden size, heads = attention heads, q/k = query/key positions.
 | ``blocks.{l}.hook_mlp_out``          | [b, pos, d]               | what the MLP sublayer adds (after Gemma3's post-feedforward norm) |
 | ``blocks.{l}.hook_resid_post``       | [b, pos, d]               | decoder layer l output;                                           |
 |                                      |                           | ``resid_post = resid_pre + attn_out + mlp_out``                   |
-| ``ln_final.hook_normalized``         | [b, pos, d]               | after the final norm, before ``lm_head`` (where MoRAS steers)     |
+| ``ln_final.hook_out``                | [b, pos, d]               | after the final norm, before ``lm_head`` (where MoRAS steers)     |
 | ``hook_logits``                      | [b, pos, vocab]           | ``lm_head`` output                                                |
 | ``vision.blocks.{l}.hook_resid_post``| [b·img, patches, d_v]     | vision encoder layer l output (Qwen2-VL: [patches, d_v], no batch |
 |                                      |                           | axis)                                                             |
@@ -39,7 +39,26 @@ HOOK_DOC: dict[str, tuple[str, str]] = {
     "blocks.{l}.attn.hook_pattern": ("[b, heads, q, k]", "attention probabilities (eager only)"),
     "blocks.{l}.hook_mlp_out": ("[b, pos, d]", "MLP sublayer contribution to the residual"),
     "blocks.{l}.hook_resid_post": ("[b, pos, d]", "decoder layer output"),
-    "ln_final.hook_normalized": ("[b, pos, d]", "after the final norm (MoRAS steers here)"),
+    # TransformerLens per-head and intermediate hooks (models/adapters/tl_points.py)
+    "blocks.{l}.ln1.hook_scale": ("[b, pos, 1]", "pre-attention norm: sqrt(mean(x^2) + eps) (LayerNorm: of x - mean)"),
+    "blocks.{l}.ln1.hook_normalized": ("[b, pos, d]", "pre-attention norm: x / scale, before the weight"),
+    "blocks.{l}.attn.hook_q": ("[b, pos, heads, d_head]", "q_proj output per head (before Gemma3's q_norm and RoPE)"),
+    "blocks.{l}.attn.hook_k": ("[b, pos, kv_heads, d_head]", "k_proj output per KV head (GQA: not expanded)"),
+    "blocks.{l}.attn.hook_v": ("[b, pos, kv_heads, d_head]", "v_proj output per KV head (GQA: not expanded)"),
+    "blocks.{l}.attn.hook_rot_q": ("[b, pos, heads, d_head]", "query after (q_norm and) RoPE / mRoPE, as attention uses it"),
+    "blocks.{l}.attn.hook_rot_k": ("[b, pos, kv_heads, d_head]", "keys of the new positions after (k_norm and) RoPE"),
+    "blocks.{l}.attn.hook_attn_scores": ("[b, heads, q, k]", "pre-softmax scores, scaled, masked with -inf (eager only)"),
+    "blocks.{l}.attn.hook_z": ("[b, pos, heads, d_head]", "per-head attention output (o_proj input)"),
+    "blocks.{l}.attn.hook_result": ("[b, pos, heads, d]", "per-head o_proj contribution, no b_O (only when named)"),
+    "blocks.{l}.hook_resid_mid": ("[b, pos, d]", "resid_pre + attn_out (input of the pre-MLP norm)"),
+    "blocks.{l}.ln2.hook_scale": ("[b, pos, 1]", "pre-MLP norm scale (Gemma3: pre_feedforward_layernorm)"),
+    "blocks.{l}.ln2.hook_normalized": ("[b, pos, d]", "pre-MLP norm: x / scale, before the weight"),
+    "blocks.{l}.mlp.hook_pre": ("[b, pos, d_mlp]", "gate_proj output (before the activation)"),
+    "blocks.{l}.mlp.hook_pre_linear": ("[b, pos, d_mlp]", "up_proj output"),
+    "blocks.{l}.mlp.hook_post": ("[b, pos, d_mlp]", "act(gate) * up: the down_proj input"),
+    "ln_final.hook_scale": ("[b, pos, 1]", "final norm scale sqrt(mean(x^2) + eps)"),
+    "ln_final.hook_normalized": ("[b, pos, d]", "final norm: x / scale, before the weight"),
+    "ln_final.hook_out": ("[b, pos, d]", "after the final norm, weight applied (MoRAS steers here)"),
     "hook_logits": ("[b, pos, vocab]", "lm_head output"),
     "vision.blocks.{l}.hook_resid_post": ("[b*img, patches, d_v] (varies: tiles, CLS, no batch axis)",
                                           "vision encoder layer output"),
@@ -55,19 +74,29 @@ class HookPoint:
     Attributes:
         name: canonical name, e.g. ``"blocks.3.hook_resid_post"``.
         module: dotted path of the module inside the HF model, e.g. ``"model.language_model.layers.3"``.
-        io: ``"output"`` (the module's output) or ``"input"`` (its first positional / hidden-state input).
+        io: ``"output"`` (the module's output), ``"input"`` (its first positional / hidden-state input) or
+            ``"call"`` (the attention-function call inside an attention module: post-RoPE query/key, scores).
         index: element of a tuple output (e.g. 0 for ``self_attn`` -> attention output, 1 -> weights),
             ``None`` when the value is the whole output.
         order: execution-order key; nnsight requires modules to be accessed in execution order.
         shape: documented shape.
+        view: ``None`` for the module's value itself, else how the value is derived from it and written back
+            (``"heads:4"``, ``"scale:rms"``, ``"normalized:gemma"``, ``"result:4"``, ``"inplace"``, ``"rot_q"``,
+            ``"rot_k"``, ``"scores"``; see :mod:`moras_interp.models.derived_hooks`).
     """
 
     name: str
     module: str
-    io: Literal["input", "output"]
+    io: Literal["input", "output", "call"]
     index: int | None
     order: tuple[int, ...]
     shape: str
+    view: str | None = None
+
+    @property
+    def derived(self) -> bool:
+        """True for a value computed from the module's input/output (see ``models/derived_hooks.py``)."""
+        return self.view is not None
 
     @property
     def template(self) -> str:
@@ -75,23 +104,39 @@ class HookPoint:
         return re.sub(r"\.\d+\.", ".{l}.", self.name, count=1)
 
 
+ON_REQUEST: tuple[str, ...] = ("attn.hook_result",)
+"""Name endings computed only when asked (``attn.hook_result`` is [b, pos, heads, d] per layer): left out of
+``names=None`` (every hook) and of globs that do not spell the ending; an exact name or a glob such as
+``"blocks.*.attn.hook_result"`` selects them."""
+
+
+def on_request(name: str) -> bool:
+    """True for hook names computed only when asked for explicitly (see :data:`ON_REQUEST`)."""
+    return name.endswith(ON_REQUEST)
+
+
 def expand_names(patterns: str | list[str] | None, available: list[str]) -> list[str]:
     """Resolve names and glob patterns (``"blocks.*.hook_resid_post"``) against ``available``.
 
-    Returns names in the order of ``available`` (which is execution order). Raises ``KeyError`` with the
-    closest valid names when a plain name or a pattern matches nothing.
+    Returns names in the order of ``available`` (which is execution order). ``None`` means every name except
+    the on-request ones (:data:`ON_REQUEST`); a glob selects those only if it spells their ending. Raises
+    ``KeyError`` with the closest valid names when a plain name or a pattern matches nothing.
     """
     if patterns is None:
-        return list(available)
+        return [n for n in available if not on_request(n)]
     if isinstance(patterns, str):
         patterns = [patterns]
     wanted: set[str] = set()
     for p in patterns:
         if any(ch in p for ch in "*?["):
             hits = fnmatch.filter(available, p)
+            spelled = [h for h in hits if not on_request(h) or any(p.endswith(e) for e in ON_REQUEST)]
+            if hits and not spelled:
+                raise KeyError(f"Hook pattern {p!r} only matches hooks computed on request ({', '.join(ON_REQUEST)}); "
+                               "spell the ending out, e.g. 'blocks.*.attn.hook_result'.")
             if not hits:
                 raise KeyError(f"Hook pattern {p!r} matches no hook name. {_suggest(p, available)}")
-            wanted.update(hits)
+            wanted.update(spelled)
         elif p in available:
             wanted.add(p)
         else:

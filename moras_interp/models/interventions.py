@@ -6,8 +6,9 @@ the context is open: step 0 is the prefill (the whole prompt), step t ≥ 1 is t
 position per example with the KV cache). Hooks restricted to finite steps remove themselves after the
 last one, so later decode steps pay nothing.
 
-ONE mechanism serves every edit and every read: per module side (input or output) a single torch hook (a
-:class:`_Dispatcher`) applies the edits in installation order and then hands the edited value to the reads
+ONE mechanism serves every edit and every read: per module side (input, output or attention call) a single
+torch hook (a :class:`~moras_interp.models.dispatch.Dispatcher`) applies the edits in execution order of their
+hooks (installation order per hook) and then hands the edited value to the reads
 (``install(..., read=True)``: ``run_with_cache``, ``collect_activations``, MoRAS's stage-2 states), so a read
 at an edited hook returns the edited value. The hook is registered *first* (``prepend=True``) so that
 transformers' output-capturing hooks (which LLaVA / LLaVA-NeXT use to pick their vision feature layer) see
@@ -18,32 +19,24 @@ hooks run, so ``model.read`` of an output edited here is refused; inside a trace
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moras_interp.models.finite import check_finite, is_finite
+from moras_interp.models.dispatch import Entry, HookContext, HookFn, attach, dispatcher_of
 from moras_interp.models.hooks import HookPoint
 from moras_interp.models.layout import TokenLayout
+
+__all__ = ["HookContext", "HookFn", "InterventionHandle", "Steps", "edited_hooks", "hooks", "install",
+           "installed_edits", "is_edited"]
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
 
 
-@dataclass
-class HookContext:
-    """What a hook function knows: the hook name, the step (0 = prefill) and the batch layouts."""
-
-    name: str
-    step: int
-    layouts: list[TokenLayout] | None = None
-
-
-HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
 Steps = int | Iterable[int] | str | None
 
 
@@ -82,130 +75,10 @@ class InterventionHandle:
         return bool(self._handles)
 
 
-@dataclass(eq=False)
-class _Entry:
-    """One installed function at one hook point, owned by a :class:`_Dispatcher`."""
-
-    point: HookPoint
-    fn: HookFn
-    read: bool
-    context: Callable[[], HookContext | None]  # None while the function's steps are not active
-    stage: Callable[[], str]
-    dtype: torch.dtype
-    dispatcher: _Dispatcher | None = None
-
-    def remove(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.remove(self)
-            self.dispatcher = None
-
-
-class _Dispatcher:
-    """Every edit and read at one side (input or output) of one module, behind ONE torch hook.
-
-    The hook is registered first (``prepend=True``) so that transformers' output-capturing hooks see the edited
-    value. On each call it applies the active edits in registration order, then gives the edited value to the
-    active reads, so a read returns what the rest of the model receives, whenever it was installed.
-    """
-
-    def __init__(self, module: torch.nn.Module, io: str) -> None:
-        self.module, self.io = module, io
-        self.entries: list[_Entry] = []
-        if io == "input":
-            self._torch = module.register_forward_pre_hook(self._pre, with_kwargs=True, prepend=True)
-        else:
-            self._torch = module.register_forward_hook(self._post, prepend=True)
-
-    def remove(self, entry: _Entry) -> None:
-        if entry in self.entries:
-            self.entries.remove(entry)
-        if not self.entries:
-            self._torch.remove()
-            if _DISPATCHERS.get(self.module, {}).get(self.io) is self:
-                del _DISPATCHERS[self.module][self.io]
-
-    def _live(self) -> list[tuple[_Entry, HookContext]]:
-        live = [(e, c) for e in self.entries if (c := e.context()) is not None]
-        return [x for x in live if not x[0].read] + [x for x in live if x[0].read]
-
-    def _run(self, live: list[tuple[_Entry, HookContext]], value_of: Callable[[HookPoint], torch.Tensor],
-             replace: Callable[[HookPoint, torch.Tensor], None]) -> None:
-        for e, ctx in live:
-            value = value_of(e.point)
-            new = e.fn(value, ctx)
-            if e.read:
-                continue
-            if new is None:  # an observer or an in-place edit: the logits check downstream catches NaN
-                continue
-            if isinstance(new, torch.Tensor) and not is_finite(new):
-                fn = getattr(e.fn, "__qualname__", type(e.fn).__name__)
-                where = ("the value reaching the edit function {} was already non-finite" if not is_finite(value)
-                         else "after the edit function {}").format(fn)
-                check_finite(new, stage=e.stage(), hook=e.point.name, dtype=e.dtype, detail=f"step {ctx.step}, {where}")
-            replace(e.point, new)
-
-    def _pre(self, _m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        live = self._live()
-        if not live:
-            return None
-        state = {"args": args, "kwargs": kwargs}
-        key = None if args else ("hidden_states" if "hidden_states" in kwargs else next(iter(kwargs)))
-
-        def value_of(_p: HookPoint) -> torch.Tensor:
-            return state["args"][0] if key is None else state["kwargs"][key]
-
-        def replace(_p: HookPoint, v: torch.Tensor) -> None:
-            if key is None:
-                state["args"] = (v, *state["args"][1:])
-            else:
-                state["kwargs"] = {**state["kwargs"], key: v}
-
-        self._run(live, value_of, replace)
-        return state["args"], state["kwargs"]
-
-    def _post(self, _m: torch.nn.Module, _args: Any, out: Any) -> Any:
-        live = self._live()
-        if not live:
-            return None
-        state = {"out": out}
-
-        def value_of(p: HookPoint) -> torch.Tensor:
-            o = state["out"]
-            if p.index is None:
-                return o
-            if not isinstance(o, tuple):
-                raise TypeError(f"{p.name}: expected a tuple output from {p.module}, got {type(o)}")
-            return o[p.index]
-
-        def replace(p: HookPoint, v: torch.Tensor) -> None:
-            if p.index is None:
-                state["out"] = v
-            else:
-                items = list(state["out"])
-                items[p.index] = v
-                state["out"] = tuple(items)
-
-        self._run(live, value_of, replace)
-        return state["out"]
-
-
-_DISPATCHERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, _Dispatcher]] = weakref.WeakKeyDictionary()
-
-
-def _attach(module: torch.nn.Module, entry: _Entry) -> _Entry:
-    sides = _DISPATCHERS.setdefault(module, {})
-    io = entry.point.io
-    if io not in sides:
-        sides[io] = _Dispatcher(module, io)
-    entry.dispatcher = sides[io]
-    sides[io].entries.append(entry)
-    return entry
-
-
 def is_edited(model: MLLM, name: str) -> bool:
     """True if an edit (not a read) is installed at hook ``name`` of ``model`` right now."""
     p = model.hook_point(name)
-    d = _DISPATCHERS.get(model.adapter.module(p.module), {}).get(p.io)
+    d = dispatcher_of(model.adapter.module(p.module), p.io)
     return d is not None and any(not e.read and e.point.name == p.name for e in d.entries)
 
 
@@ -215,7 +88,7 @@ def installed_edits(model: MLLM) -> list[tuple[str, HookFn]]:
     out = []
     for n in model.hook_names():
         p = model.hook_point(n)
-        d = _DISPATCHERS.get(model.adapter.module(p.module), {}).get(p.io)
+        d = dispatcher_of(model.adapter.module(p.module), p.io)
         out += [(n, e.fn) for e in (d.entries if d is not None else []) if not e.read and e.point.name == n]
     return out
 
@@ -258,8 +131,12 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
         if point.name.endswith("attn.hook_pattern") and not read:
             raise ValueError(
                 f"{name}: attention patterns are not editable through hooks(); use the attention "
-                "interventions in moras_interp.attention (they edit pre-softmax scores exactly)."
+                "interventions in moras_interp.attention (they edit pre-softmax scores exactly), or edit "
+                f"{point.name.replace('hook_pattern', 'hook_attn_scores')}."
             )
+        if point.view == "scores" and model.attn_implementation != "eager":
+            raise ValueError(f"{name} needs eager attention but this model runs {model.attn_implementation!r}; load it "
+                             "with load_model(..., attn_implementation='eager').")
         points.append((point, fn))
     handle._step_handle = model.hf.register_forward_pre_hook(on_step, with_kwargs=True)
     for point, fn in points:
@@ -271,8 +148,8 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
             handle.calls[point.name] += 1
             return HookContext(point.name, handle.step, layouts)
 
-        entry = _Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype)
-        handle._handles.append(_attach(model.adapter.module(point.module), entry))
+        entry = Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype)
+        handle._handles.append(attach(model.adapter.module(point.module), entry))
     return handle
 
 

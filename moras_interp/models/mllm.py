@@ -18,6 +18,8 @@ from moras_interp.models.cache import ActivationCache
 from moras_interp.models.finite import FiniteLogits, StageLabels, check_outputs, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
 from moras_interp.models.tl_run import TLRun
+from moras_interp.models.trace_access import trace_read, trace_write
+from moras_interp.models.weights_view import TLWeights
 from moras_interp.weights_hash import param_state
 
 
@@ -101,8 +103,14 @@ class MLLM(StageLabels, TLRun):
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
+    @property
+    def weights(self) -> TLWeights:
+        """The weights in TransformerLens shapes, as views: ``model.weights.W_Q(l)`` etc. (:class:`TLWeights`)."""
+        return TLWeights(self.adapter)
+
     def hook_names(self) -> list[str]:
-        """Every canonical hook name of this model, in execution order."""
+        """Every canonical hook name of this model, in execution order (``attn.hook_result`` included, although
+        ``run_with_cache(batch)`` without names leaves it out: it is computed only when asked)."""
         return list(self._points)
 
     def hook_point(self, name: str) -> HookPoint:
@@ -157,24 +165,14 @@ class MLLM(StageLabels, TLRun):
                 f"model.read({name!r}) inside an nnsight trace sees the value BEFORE the model.hooks edit installed "
                 "at this hook (nnsight reads a module's output before torch hooks run). Use "
                 "model.run_with_cache(...) inside the hooks block, or make the edit in the trace with model.write.")
-        env = self.envoy(p.module)
-        if p.io == "input":
-            return env.input
-        return env.output if p.index is None else env.output[p.index]
+        return trace_read(self, p)
 
     def write(self, name: str, value: Any) -> None:
         """Inside a trace: replace a hook's value (same shape)."""
-        p = self.hook_point(name)
-        env = self.envoy(p.module)
-        if p.io == "input":
-            env.input = value
-        elif p.index is None:
-            env.output = value
-        else:
-            env.output[p.index][:] = value
+        trace_write(self, self.hook_point(name), value)
 
     def _check_pattern(self, p: HookPoint) -> None:
-        if p.name.endswith("attn.hook_pattern") and self.attn_implementation != "eager":
+        if p.name.endswith(("attn.hook_pattern", "attn.hook_attn_scores")) and self.attn_implementation != "eager":
             raise ValueError(
                 f"{p.name} needs eager attention but this model runs {self.attn_implementation!r}. Load it with "
                 "load_model(..., attn_implementation='eager'), or use moras_interp.cross_modal_attention(), "
@@ -196,7 +194,9 @@ class MLLM(StageLabels, TLRun):
     def run_with_cache(self, batch: Batch, names: NamesFilter = None, *, names_filter: NamesFilter = None,
                        device: torch.device | str | None = None) -> tuple[torch.Tensor, ActivationCache]:
         """One forward saving the named hooks: ``names`` / ``names_filter`` (the TransformerLens name; give one) is a
-        name, a glob like ``"blocks.*.hook_resid_post"``, a list of them or a callable ``name -> bool``.
+        name, a glob like ``"blocks.*.hook_resid_post"``, a list of them or a callable ``name -> bool``; ``None``:
+        every name except ``attn.hook_result`` ([b, pos, heads, d] per layer, only computed when named or globbed
+        with its ending spelled out; a callable never selects it).
 
         Returns (logits [b, pos, vocab], ActivationCache). ``device`` moves cached tensors (e.g. "cpu").
         Values are read through the same per-hook mechanism as :meth:`hooks`, after every edit installed there,
@@ -223,7 +223,8 @@ class MLLM(StageLabels, TLRun):
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
-        self._check_outputs(batch, {**saved, "hook_logits": logits}, stage)
+        self._check_outputs(batch, {**{n: v.nan_to_num(neginf=0.0) if n.endswith("hook_attn_scores") else v
+                                       for n, v in saved.items()}, "hook_logits": logits}, stage)
         tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
         return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None, self)
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from moras_interp.models.adapters.tl_points import block_points, final_norm_points
 from moras_interp.models.hooks import HookPoint
 
 
@@ -90,6 +91,10 @@ class Adapter:
     lm_head: ClassVar[str] = "lm_head"
     attn_out: ClassVar[tuple[str, int | None]] = ("self_attn", 0)
     mlp_out: ClassVar[tuple[str, int | None]] = ("mlp", None)
+    ln1: ClassVar[str] = "input_layernorm"
+    """The pre-attention norm of a decoder layer (TransformerLens ``ln1``)."""
+    ln2: ClassVar[str] = "post_attention_layernorm"
+    """The pre-MLP norm (TransformerLens ``ln2``); its input is ``hook_resid_mid``."""
     nested_images: ClassVar[bool] = False
     example: ClassVar[str] = ""
     examples: ClassVar[dict[str, str]] = {}
@@ -164,7 +169,7 @@ class Adapter:
         return mod
 
     def hook_points(self) -> list[HookPoint]:
-        """All canonical hook points of this model, in execution order."""
+        """All canonical hook points of this model, in execution order (per layer: ``tl_points.block_points``)."""
         pts: list[HookPoint] = []
         for l in range(self.n_vision_layers()):
             pts.append(HookPoint(f"vision.blocks.{l}.hook_resid_post", f"{self.vision_layers}.{l}", "output",
@@ -173,17 +178,7 @@ class Adapter:
         layers = self.decoder + ".layers"
         pts.append(HookPoint("hook_embed", f"{layers}.0", "input", None, (2,), "[b, pos, d]"))
         for l in range(self.n_layers()):
-            lp = f"{layers}.{l}"
-            a_mod, a_idx = self.attn_out
-            m_mod, m_idx = self.mlp_out
-            pts += [
-                HookPoint(f"blocks.{l}.hook_resid_pre", lp, "input", None, (3, l, 0), "[b, pos, d]"),
-                HookPoint(f"blocks.{l}.attn.hook_pattern", f"{lp}.self_attn", "output", 1, (3, l, 1),
-                          "[b, heads, q, k]"),
-                HookPoint(f"blocks.{l}.hook_attn_out", f"{lp}.{a_mod}", "output", a_idx, (3, l, 2), "[b, pos, d]"),
-                HookPoint(f"blocks.{l}.hook_mlp_out", f"{lp}.{m_mod}", "output", m_idx, (3, l, 3), "[b, pos, d]"),
-                HookPoint(f"blocks.{l}.hook_resid_post", lp, "output", None, (3, l, 4), "[b, pos, d]"),
-            ]
-        pts.append(HookPoint("ln_final.hook_normalized", f"{self.decoder}.norm", "output", None, (4,), "[b, pos, d]"))
+            pts += block_points(self, l)
+        pts += final_norm_points(self)
         pts.append(HookPoint("hook_logits", self.lm_head, "output", None, (5,), "[b, pos, vocab]"))
         return pts

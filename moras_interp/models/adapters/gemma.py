@@ -3,7 +3,9 @@
 Gemma3: ``mm_tokens_per_image`` soft tokens per image (a √n × √n grid after 4×4 average pooling; 16×16 at
 896 px) between ``<start_of_image>``/``<end_of_image>``; the image is squashed to the processor size.
 Gemma3 uses sandwich norms, so ``hook_attn_out``/``hook_mlp_out`` read ``post_attention_layernorm`` /
-``post_feedforward_layernorm`` (what is actually added to the residual). Trap: ``processor.image_token_id``
+``post_feedforward_layernorm`` (what is actually added to the residual), and TransformerLens' ``ln2`` is
+``pre_feedforward_layernorm`` (its input, ``hook_resid_mid``, is ``resid_pre + attn_out`` with the post-norm
+already applied), as in TransformerLens' Gemma 2/3 blocks (``ln1_post``/``ln2_post`` there). Trap: ``processor.image_token_id``
 is the begin-of-image token; the image-feature token is ``config.image_token_id``.
 PaliGemma: ``image_seq_length`` tokens (a √n × √n grid) placed before BOS; squash resize.
 """
@@ -31,6 +33,7 @@ class Gemma3Adapter(Adapter):
     hf_classes = ("Gemma3ForConditionalGeneration",)
     attn_out = ("post_attention_layernorm", None)
     mlp_out = ("post_feedforward_layernorm", None)
+    ln2 = "pre_feedforward_layernorm"
     nested_images = True
     example = "google/gemma-3-4b-it"
     projector_shape = "[b*img, mm_tokens_per_image, d]"
