@@ -88,6 +88,8 @@ class Adapter:
         "encoder.layers", "vision_model.encoder.layers", "blocks", "encoder.layer", "layers")
     projector: ClassVar[str] = "model.multi_modal_projector"
     lm_head: ClassVar[str] = "lm_head"
+    embed_tokens: ClassVar[str] = "embed_tokens"
+    """The token-embedding module, relative to ``decoder`` (``hook_embed``; Gemma-family: a scaled embedding)."""
     attn_out: ClassVar[tuple[str, int | None]] = ("self_attn", 0)
     mlp_out: ClassVar[tuple[str, int | None]] = ("mlp", None)
     nested_images: ClassVar[bool] = False
@@ -165,13 +167,14 @@ class Adapter:
 
     def hook_points(self) -> list[HookPoint]:
         """All canonical hook points of this model, in execution order."""
-        pts: list[HookPoint] = []
+        pts: list[HookPoint] = [  # embed_tokens runs first: before the vision tower, in every family
+            HookPoint("hook_embed", f"{self.decoder}.{self.embed_tokens}", "output", None, (-1,), "[b, pos, d]")]
         for l in range(self.n_vision_layers()):
             pts.append(HookPoint(f"vision.blocks.{l}.hook_resid_post", f"{self.vision_layers}.{l}", "output",
                                  None, (0, l), self.vision_shape))
         pts.append(HookPoint("projector.hook_out", self.projector, "output", None, (1,), self.projector_shape))
         layers = self.decoder + ".layers"
-        pts.append(HookPoint("hook_embed", f"{layers}.0", "input", None, (2,), "[b, pos, d]"))
+        pts.append(HookPoint("hook_inputs_embeds", f"{layers}.0", "input", None, (2,), "[b, pos, d]"))
         for l in range(self.n_layers()):
             lp = f"{layers}.{l}"
             a_mod, a_idx = self.attn_out
@@ -184,6 +187,6 @@ class Adapter:
                 HookPoint(f"blocks.{l}.hook_mlp_out", f"{lp}.{m_mod}", "output", m_idx, (3, l, 3), "[b, pos, d]"),
                 HookPoint(f"blocks.{l}.hook_resid_post", lp, "output", None, (3, l, 4), "[b, pos, d]"),
             ]
-        pts.append(HookPoint("ln_final.hook_normalized", f"{self.decoder}.norm", "output", None, (4,), "[b, pos, d]"))
+        pts.append(HookPoint("ln_final.hook_out", f"{self.decoder}.norm", "output", None, (4,), "[b, pos, d]"))
         pts.append(HookPoint("hook_logits", self.lm_head, "output", None, (5,), "[b, pos, vocab]"))
         return pts
