@@ -574,7 +574,7 @@ def _pickled(path: Path) -> None:
 
 
 def _truncated_safetensors(path: Path) -> None:
-    save_file({"ln_final.hook_normalized": torch.ones(64, 64)}, str(path))
+    save_file({"ln_final.hook_out": torch.ones(64, 64)}, str(path))
     path.write_bytes(path.read_bytes()[:300])
 
 

@@ -111,14 +111,16 @@ def test_positions_equal_torch_hooks_and_run_with_cache(model, positions):
 
 def test_all_hook_kinds_equal_plain_hf_outputs(model):
     ds = dataset(4)
-    names = ["hook_embed", "blocks.*.hook_resid_post", "ln_final.hook_normalized", "hook_logits"]
+    names = ["hook_embed", "hook_inputs_embeds", "blocks.*.hook_resid_post", "ln_final.hook_out", "hook_logits"]
     store = collect_activations(model, ds, names=names, batch_size=4, progress=False)
     for i, ex in enumerate(ds):
-        _, _, out = hf_single(model, ex)
+        one, _, out = hf_single(model, ex)
         hs = out.hidden_states                        # (embeddings, layer 0, normed last layer)
-        torch.testing.assert_close(store.load("hook_embed")[i], hs[0][0, -1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(store.load("hook_inputs_embeds")[i], hs[0][0, -1], atol=1e-6, rtol=0)
+        emb = model.hf.get_input_embeddings()  # the last position is a text token: its embedding row
+        torch.testing.assert_close(store.load("hook_embed")[i], emb.weight[one.input_ids[0, -1]], atol=1e-6, rtol=0)
         torch.testing.assert_close(store.load(RESID.format(l=0))[i], hs[1][0, -1], atol=2e-5, rtol=1e-5)
-        torch.testing.assert_close(store.load("ln_final.hook_normalized")[i], hs[2][0, -1], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(store.load("ln_final.hook_out")[i], hs[2][0, -1], atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(store.load("hook_logits")[i], out.logits[0, -1], atol=2e-5, rtol=1e-5)
     assert torch.equal(store.load("index"), torch.arange(4))
     labels = store.load("labels")

@@ -94,7 +94,7 @@ def test_an_edit_returning_nan_is_named(tiny: Any) -> None:
     def bad(x: torch.Tensor, _ctx: Any) -> torch.Tensor:
         return x * float("nan")
 
-    with model.hooks([(FINAL, bad)]), pytest.raises(NonFiniteError, match=r"at hook 'ln_final\.hook_normalized'.*"
+    with model.hooks([(FINAL, bad)]), pytest.raises(NonFiniteError, match=r"at hook 'ln_final\.hook_out'.*"
                                                                           r"after the edit function .*bad"):
         model.generate(batch, max_new_tokens=2)
 

@@ -30,7 +30,7 @@ PROJECTOR = {a: "model.multi_modal_projector" for a in TINY_ARCHS} | {
     "qwen2_vl": "model.visual.merger", "qwen2_5_vl": "model.visual.merger", "idefics3": "model.connector"}
 SANDWICH = {"gemma3"}
 """Architectures whose sublayer outputs pass through a post-norm before the residual add."""
-SEQ_HOOKS = ("hook_embed", "hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post",
+SEQ_HOOKS = ("hook_embed", "hook_inputs_embeds", "hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post",
              "ln_final.hook_out", "hook_logits")
 TL_TEMPLATES = {f"blocks.{{l}}.{n}" for n in (
     "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q",
@@ -74,7 +74,13 @@ def hf_reference(model: MLLM, arch: str, inputs: dict[str, Any]) -> dict[str, to
         for h in handles:
             h.remove()
     n = len(dec.layers)
-    got["hook_embed"] = out.hidden_states[0]
+    got["hook_inputs_embeds"] = out.hidden_states[0]  # what layer 0 receives: image features merged in
+    # token embeddings by hand: the embedding rows of the ids (the image placeholder's row at image positions),
+    # times the sqrt(d) scale of Gemma's scaled embedding module
+    emb = dec.embed_tokens
+    ids = inputs["input_ids"]
+    assert int(ids.max()) < emb.weight.shape[0]
+    got["hook_embed"] = emb.weight[ids] * getattr(emb, "embed_scale", torch.tensor(1.0)).to(emb.weight.dtype)
     for l in range(n):
         got[f"blocks.{l}.hook_resid_pre"] = out.hidden_states[l]
         got[f"blocks.{l}.attn.hook_pattern"] = out.attentions[l]
@@ -110,6 +116,16 @@ def test_hook_values_equal_hf(models: Callable[..., MLLM], arch: str) -> None:
     torch.testing.assert_close(model.forward(batch), ref["hook_logits"], atol=ATOL, rtol=0)
     # HF's last hidden state is the final-normed one
     torch.testing.assert_close(cache["ln_final.hook_out"], ref["hf_last_hidden"], atol=ATOL, rtol=0)
+    # hook_embed (token embeddings) and hook_inputs_embeds (what layer 0 receives) differ only at image positions
+    torch.testing.assert_close(cache["hook_inputs_embeds"], cache["blocks.0.hook_resid_pre"], atol=0, rtol=0)
+    img = batch.layouts[0].image_positions
+    text = torch.ones(batch.input_ids.shape[1], dtype=torch.bool)
+    text[img] = False
+    assert img.numel() > 0 and bool(text.any())
+    torch.testing.assert_close(cache["hook_embed"][0, text], cache["hook_inputs_embeds"][0, text], atol=0, rtol=0)
+    placeholder = cache["hook_embed"][0, img]
+    assert torch.equal(placeholder, placeholder[:1].expand_as(placeholder))  # one row: the placeholder's embedding
+    assert not torch.allclose(placeholder, cache["hook_inputs_embeds"][0, img], atol=1e-3)  # features merged later
     # the residual stream decomposes into the sublayer outputs
     for l in range(n):
         pre, post = cache[f"blocks.{l}.hook_resid_pre"], cache[f"blocks.{l}.hook_resid_post"]
@@ -127,9 +143,9 @@ def test_hook_values_equal_hf(models: Callable[..., MLLM], arch: str) -> None:
 
 
 def test_hook_names_are_the_same_on_every_architecture(models: Callable[..., MLLM]) -> None:
-    expected = {"hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.hook_resid_post", "blocks.{l}.hook_attn_out",
-                "blocks.{l}.hook_mlp_out", "blocks.{l}.attn.hook_pattern", "ln_final.hook_out", "hook_logits",
-                "vision.blocks.{l}.hook_resid_post", "projector.hook_out", *TL_TEMPLATES}
+    expected = {"hook_embed", "hook_inputs_embeds", "blocks.{l}.hook_resid_pre", "blocks.{l}.hook_resid_post",
+                "blocks.{l}.hook_attn_out", "blocks.{l}.hook_mlp_out", "blocks.{l}.attn.hook_pattern", "ln_final.hook_out",
+                "hook_logits", "vision.blocks.{l}.hook_resid_post", "projector.hook_out", *TL_TEMPLATES}
     for arch in TINY_ARCHS:
         model = models(arch)
         names = model.hook_names()
@@ -187,12 +203,12 @@ def test_layout_matches_processor_tokens(models: Callable[..., MLLM], arch: str)
         assert lay.last == row.numel() - 1 and lay.n_pad == int((batch.inputs["attention_mask"][b] == 0).sum())
         assert tok.decode(row[lay.instruction]).split() == tok.decode(tok(PROMPTS[b])["input_ids"]).split()
     if arch == "llava_next":  # the separators are the image_newline rows the model inserted
-        _, cache = model.run_with_cache(batch, "hook_embed")
+        _, cache = model.run_with_cache(batch, "hook_inputs_embeds")
         newline = model.hf.model.image_newline
         for b, lay in enumerate(batch.layouts):
             sep = lay.images[0].separators
             assert sep.numel() == lay.images[0].grids[1].rows
-            torch.testing.assert_close(cache["hook_embed"][b, sep], newline.expand(sep.numel(), -1), atol=0, rtol=0)
+            torch.testing.assert_close(cache["hook_inputs_embeds"][b, sep], newline.expand(sep.numel(), -1), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

@@ -88,8 +88,8 @@ def test_misspelt_hook_names_suggest_the_closest(models: Callable[..., MLLM]) ->
     batch = model.prepare([tiny_image()], ["what is in the image ?"])
     with pytest.raises(KeyError, match=re.escape("'blocks.0.hook_resid_post'")):
         model.run_with_cache(batch, ["blocks.0.hook_resid_pots"])
-    with pytest.raises(KeyError, match=re.escape("'ln_final.hook_normalized'")):
-        model.hook_point("ln_final.hook_normalised")
+    with pytest.raises(KeyError, match=re.escape("'ln_final.hook_out'")):
+        model.hook_point("ln_final.hook_ot")
     with pytest.raises(KeyError, match="matches no hook name"):
         model.run_with_cache(batch, "blocks.*.hook_resid_middle")
     with pytest.raises(KeyError, match=re.escape("model.hook_names()")):

@@ -167,7 +167,7 @@ def test_authors_setup_values():
     cfg = MoRASConfig.authors()
     assert (cfg.n_tokens, cfg.gamma, cfg.max_context_tokens, cfg.max_new_tokens) == (3, 0.3, 40, 512)
     assert (cfg.stage2_eos, cfg.score, cfg.mapping, cfg.steer_mode) == ("stop", "cosine", "sigmoid", "interpolate")
-    assert cfg.steer_hooks == ("ln_final.hook_normalized",) and cfg.system == SYS == LLAVA_V1_SYSTEM
+    assert cfg.steer_hooks == ("ln_final.hook_out",) and cfg.system == SYS == LLAVA_V1_SYSTEM
     assert cfg.generate_kwargs == {} and MoRASConfig.authors(n_tokens=5).n_tokens == 5
 
 

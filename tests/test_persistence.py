@@ -183,7 +183,7 @@ def _torch_saved(path: Path) -> Path:
 
 
 def _truncated_st(path: Path) -> Path:
-    save_file({"stage2_states": torch.ones(64, 64), "ln_final.hook_normalized": torch.ones(3, 4)}, str(path))
+    save_file({"stage2_states": torch.ones(64, 64), "ln_final.hook_out": torch.ones(3, 4)}, str(path))
     path.write_bytes(path.read_bytes()[:300])
     return path
 

@@ -32,9 +32,15 @@ Shapes: b = batch, pos = sequence positions (left-padded), d = text hidden size,
 heads = attention heads, q/k = query/key positions, vocab = vocabulary size.
 
 Notes:
-* `hook_embed` is the input of decoder layer 0 (= `blocks.0.hook_resid_pre`): token embeddings with the
-  image features already scattered into the image-token positions, exactly what layer 0 receives
-  (Gemma-family models have applied their `sqrt(d)` embedding scale by then).
+* `hook_embed` is the token embeddings, the output of the language model's `embed_tokens` (as in
+  TransformerLens and nnterp): at image positions it holds the image placeholder token's embedding. On
+  Gemma3 and PaliGemma `embed_tokens` is a scaled embedding module, so the `sqrt(d)` scale is included (as in
+  TransformerLens, which folds it into `W_E`).
+* `hook_inputs_embeds` is the input of decoder layer 0 (= `blocks.0.hook_resid_pre`): the token embeddings
+  with the image features scattered into the image-token positions, exactly what layer 0 receives (before
+  0.2 this was called `hook_embed`).
+* `ln_final.hook_out` is the final norm's output with its weight applied, what `lm_head` reads (before 0.2
+  `ln_final.hook_normalized`); MoRAS steers here.
 * `resid_post = resid_pre + attn_out + mlp_out` holds on every architecture; on Gemma3 (sandwich norms) the
   sublayer outputs are read after `post_attention_layernorm` / `post_feedforward_layernorm`, i.e. what is
   actually added to the residual stream.

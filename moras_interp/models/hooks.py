@@ -6,7 +6,9 @@ d_v = vision hidden size, heads = attention heads, q/k = query/key positions.
 
 | name                                 | shape                     | what it is                                                        |
 |--------------------------------------|---------------------------|-------------------------------------------------------------------|
-| ``hook_embed``                       | [b, pos, d]               | input embeddings after image features are merged in               |
+| ``hook_embed``                       | [b, pos, d]               | token embeddings (``embed_tokens`` output; the placeholder's      |
+|                                      |                           | embedding at image positions), as in TransformerLens / nnterp     |
+| ``hook_inputs_embeds``               | [b, pos, d]               | input embeddings after image features are merged in               |
 |                                      |                           | (identical to ``blocks.0.hook_resid_pre``)                        |
 | ``blocks.{l}.hook_resid_pre``        | [b, pos, d]               | decoder layer l input (residual stream)                           |
 | ``blocks.{l}.hook_attn_out``         | [b, pos, d]               | what the attention sublayer adds to the residual stream           |
@@ -16,7 +18,8 @@ d_v = vision hidden size, heads = attention heads, q/k = query/key positions.
 | ``blocks.{l}.hook_mlp_out``          | [b, pos, d]               | what the MLP sublayer adds (after Gemma3's post-feedforward norm) |
 | ``blocks.{l}.hook_resid_post``       | [b, pos, d]               | decoder layer l output;                                           |
 |                                      |                           | ``resid_post = resid_pre + attn_out + mlp_out``                   |
-| ``ln_final.hook_out``                | [b, pos, d]               | after the final norm, before ``lm_head`` (where MoRAS steers)     |
+| ``ln_final.hook_out``                | [b, pos, d]               | after the final norm (with its weight), before ``lm_head``        |
+|                                      |                           | (where MoRAS steers)                                              |
 | ``hook_logits``                      | [b, pos, vocab]           | ``lm_head`` output                                                |
 | ``vision.blocks.{l}.hook_resid_post``| [b·img, patches, d_v]     | vision encoder layer l output (Qwen2-VL: [patches, d_v], no batch |
 |                                      |                           | axis)                                                             |
@@ -33,7 +36,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 HOOK_DOC: dict[str, tuple[str, str]] = {
-    "hook_embed": ("[b, pos, d]", "input embeddings after image features are merged in"),
+    "hook_embed": ("[b, pos, d]", "token embeddings (embed_tokens output; the placeholder's embedding at image "
+                   "positions)"),
+    "hook_inputs_embeds": ("[b, pos, d]", "input embeddings after image features are merged in "
+                           "(= blocks.0.hook_resid_pre)"),
     "blocks.{l}.hook_resid_pre": ("[b, pos, d]", "decoder layer input"),
     "blocks.{l}.hook_attn_out": ("[b, pos, d]", "attention sublayer contribution to the residual"),
     "blocks.{l}.attn.hook_pattern": ("[b, heads, q, k]", "attention probabilities (eager only)"),
@@ -65,6 +71,34 @@ HOOK_DOC: dict[str, tuple[str, str]] = {
     "projector.hook_out": ("[..., d] (varies: per crop / per token)",
                            "projector output (image features entering the LM, projector order)"),
 }
+
+RENAMED: dict[str, str] = {
+    "ln_final.hook_normalized": "ln_final.hook_out",
+    "hook_embed": "hook_inputs_embeds",
+}
+"""Names whose value moved in 0.2: old name -> the name that now holds the value the old name held.
+
+``ln_final.hook_normalized`` was the final norm's output WITH its weight (now ``ln_final.hook_out``, TransformerLens
+bridge naming; in TransformerLens ``hook_normalized`` is the value before the weight). ``hook_embed`` was the input
+of decoder layer 0, image features merged in (now ``hook_inputs_embeds``; ``hook_embed`` is the token embeddings,
+as in TransformerLens and nnterp). Artefacts written before the rename (:func:`rename_legacy`) are read through
+this table where their format version says they predate it."""
+
+
+def rename_legacy(name: str) -> str:
+    """The current name of a hook name written by a version before the 0.2 rename (unchanged when not renamed).
+
+    Only for names read from an artefact whose format version predates the rename; a current artefact's
+    ``ln_final.hook_normalized`` means the TransformerLens value."""
+    return RENAMED.get(name, name)
+
+
+def renamed_note(name: str) -> str:
+    """A sentence about ``name`` if it was renamed in 0.2 (for error messages), else ``""``."""
+    if name not in RENAMED:
+        return ""
+    return (f"{name!r} was renamed in 0.2: the value it named before is now {RENAMED[name]!r} (see 'Renamed in 0.2' "
+            "in docs/hooks.md). ")
 
 
 @dataclass(frozen=True)
@@ -145,6 +179,9 @@ def expand_names(patterns: str | list[str] | None, available: list[str]) -> list
 
 
 def _suggest(name: str, available: list[str]) -> str:
+    note = renamed_note(name)
+    if note:
+        return note + "List all names with model.hook_names()."
     close = difflib.get_close_matches(name.replace("*", "0"), available, n=3, cutoff=0.5)
     hint = f"Did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     return hint + "List all names with model.hook_names(); see moras_interp.models.hooks for the table."

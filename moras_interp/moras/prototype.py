@@ -71,7 +71,7 @@ class UnsafePrototype:
     """u_t for t < N at one or more hooks.
 
     Attributes:
-        states: {hook name: float32 [N, d]}; ``ln_final.hook_normalized`` is the one MoRAS uses.
+        states: {hook name: float32 [N, d]}; ``ln_final.hook_out`` is the one MoRAS uses.
         prompts: the harmful requests it was built from.
         greedy_tokens: the decoded first N tokens per prompt (what the model does with them).
         provenance: a dict: model id, N, time, ``prompt_sha256`` (:func:`~moras_interp.moras.presets.prompt_set_sha256`

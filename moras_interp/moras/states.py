@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from moras_interp.models.batch import Batch
     from moras_interp.models.mllm import MLLM, Generation
 
-FINAL = "ln_final.hook_normalized"
+FINAL = "ln_final.hook_out"
 EOS_MODES = ("stop", "block")
 
 

@@ -1,7 +1,7 @@
 """Stage 3 steering: h_t ← h_t + r (u_t − h_t) at the last position, for the first N generated tokens.
 
 Equivalent to logits (1 − r)·W h_t + r·W u_t when ``lm_head`` has no bias. Implemented as an
-intervention on ``ln_final.hook_normalized`` (or any other hook with a matching prototype) restricted
+intervention on ``ln_final.hook_out`` (or any other hook with a matching prototype) restricted
 to steps 0..N−1, so it removes itself and later decode steps pay nothing.
 """
 

@@ -89,6 +89,8 @@ class Adapter:
         "encoder.layers", "vision_model.encoder.layers", "blocks", "encoder.layer", "layers")
     projector: ClassVar[str] = "model.multi_modal_projector"
     lm_head: ClassVar[str] = "lm_head"
+    embed_tokens: ClassVar[str] = "embed_tokens"
+    """The token-embedding module, relative to ``decoder`` (``hook_embed``; Gemma-family: a scaled embedding)."""
     attn_out: ClassVar[tuple[str, int | None]] = ("self_attn", 0)
     mlp_out: ClassVar[tuple[str, int | None]] = ("mlp", None)
     ln1: ClassVar[str] = "input_layernorm"
@@ -170,13 +172,14 @@ class Adapter:
 
     def hook_points(self) -> list[HookPoint]:
         """All canonical hook points of this model, in execution order (per layer: ``tl_points.block_points``)."""
-        pts: list[HookPoint] = []
+        pts: list[HookPoint] = [  # embed_tokens runs first: before the vision tower, in every family
+            HookPoint("hook_embed", f"{self.decoder}.{self.embed_tokens}", "output", None, (-1,), "[b, pos, d]")]
         for l in range(self.n_vision_layers()):
             pts.append(HookPoint(f"vision.blocks.{l}.hook_resid_post", f"{self.vision_layers}.{l}", "output",
                                  None, (0, l), self.vision_shape))
         pts.append(HookPoint("projector.hook_out", self.projector, "output", None, (1,), self.projector_shape))
         layers = self.decoder + ".layers"
-        pts.append(HookPoint("hook_embed", f"{layers}.0", "input", None, (2,), "[b, pos, d]"))
+        pts.append(HookPoint("hook_inputs_embeds", f"{layers}.0", "input", None, (2,), "[b, pos, d]"))
         for l in range(self.n_layers()):
             pts += block_points(self, l)
         pts += final_norm_points(self)
