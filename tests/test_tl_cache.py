@@ -67,7 +67,8 @@ def test_indexing_decompose_accumulate(models: Any, arch: str) -> None:
     assert cache["resid_pre", 0] is cache["blocks.0.hook_resid_pre"]
     assert cache["pattern", 1, "attn"] is cache["blocks.1.attn.hook_pattern"]
     assert cache["attn_out", -1] is cache[f"blocks.{n - 1}.hook_attn_out"]
-    assert ("resid_mid", 0) not in cache and ("mlp_out", 0) in cache
+    assert cache["resid_mid", 0] is cache["blocks.0.hook_resid_mid"]
+    assert ("rot_q", 0) not in cache and ("mlp_out", 0) in cache
     final = cache[f"blocks.{n - 1}.hook_resid_post"]
 
     stack, labels = cache.decompose_resid(return_labels=True)
@@ -86,6 +87,9 @@ def test_indexing_decompose_accumulate(models: Any, arch: str) -> None:
     acc_mid, labels = cache.accumulated_resid(layer=1, incl_mid=True, mlp_input=True, return_labels=True)
     assert labels == ["0_pre", "0_mid", "1_pre", "1_mid"]
     torch.testing.assert_close(acc_mid[3], cache["blocks.1.hook_resid_pre"] + cache["blocks.1.hook_attn_out"])
+    # without resid_mid in the cache, it is resid_pre + attn_out
+    _, small = model.run_with_cache(batch, names_filter=["blocks.*.hook_resid_pre", "blocks.*.hook_attn_out"])
+    torch.testing.assert_close(small.accumulated_resid(layer=1, incl_mid=True)[1], cache["blocks.0.hook_resid_mid"])
 
     # logit lens through the model's own final norm and lm_head
     lens = cache.accumulated_resid(apply_ln=True, pos_slice="last")  # [n+1, b, d]
@@ -99,8 +103,10 @@ def test_norm_identified(models: Any, arch: str) -> None:
     model = models(arch)
     w, eps = _final_weight(model, arch)
     got = norm_affine(_dec(model, arch).norm)
-    assert got.kind == "rms" and got.bias is None and got.eps == eps
+    assert got.kind == ("gemma" if arch in GEMMA_NORM else "rms") and got.bias is None
     torch.testing.assert_close(got.weight, w)
+    x = torch.randn(3, model.d_model)
+    torch.testing.assert_close(got.scale(x), _rms(x, eps))
 
 
 def test_layernorm_folding_is_exact() -> None:
@@ -109,7 +115,7 @@ def test_layernorm_folding_is_exact() -> None:
     torch.nn.init.normal_(ln.weight)
     torch.nn.init.normal_(ln.bias)
     aff = norm_affine(ln)
-    assert aff.kind == "layernorm"
+    assert aff.kind == "layer"
     parts = torch.randn(5, 3, 16) + 0.7
     x = parts.sum(0)
     normalized = aff.normalize(parts, aff.scale(x))  # each part with the scale of the whole
@@ -129,8 +135,14 @@ def test_apply_ln_and_logit_attrs(models: Any, arch: str) -> None:
     scale = _rms(final, eps)
 
     stack = cache.decompose_resid()
-    normed = cache.apply_ln_to_stack(stack)
+    normed = cache.apply_ln_to_stack(stack)  # the scale recomputed from the cached final residual
     torch.testing.assert_close(normed.sum(0), final / scale, atol=1e-5, rtol=1e-5)
+    # with the cached scale: the sum is TransformerLens's ln_final.hook_normalized (before the weight)
+    _, with_ln = model.run_with_cache(batch, names_filter=["blocks.*.hook_*_out", RESID, "ln_final.hook_*"])
+    torch.testing.assert_close(with_ln["scale"], scale, atol=1e-6, rtol=1e-5)
+    normed_cached = with_ln.apply_ln_to_stack(with_ln.decompose_resid())
+    torch.testing.assert_close(normed_cached.sum(0), with_ln["normalized"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(normed_cached.sum(0) * w, with_ln["ln_final.hook_out"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(normed.sum(0) * w, _dec(model, arch).norm(final), atol=1e-5, rtol=1e-5)
     ln1 = _dec(model, arch).layers[1].input_layernorm
     x1 = cache["blocks.1.hook_resid_pre"]

@@ -25,7 +25,7 @@ import torch
 
 from moras_interp.attention.region import overlap_fraction
 from moras_interp.attention.trace import cross_modal_attention
-from moras_interp.models.cache_analysis import head_out_weight, token_ids
+from moras_interp.models.cache_analysis import token_ids
 from moras_interp.models.norm_math import norm_affine
 
 if TYPE_CHECKING:
@@ -196,12 +196,12 @@ def head_dla(model: MLLM, batch: Batch, answer: Any, wrong: Any = None, *, box: 
     by_source, attn_bias = [], []
     for l in range(n):
         v = cache["v", l].float()  # [b, K, kv, dh]
-        w_o = head_out_weight(model, l).float().to(v.device)  # [H, dh, d]
+        w_o = model.weights.W_O(l).detach().float().to(v.device)  # [H, dh, d]
         n_heads = w_o.shape[0]
         v = v.repeat_interleave(n_heads // v.shape[2], dim=2)  # GQA: query head h reads kv head h // group
         p = (cache["pattern", l][ar, :, q] if eager else rows[:, l]).float().to(v.device)  # [b, H, K]
-        o_proj = model.adapter.module(f"{model.adapter.decoder}.layers.{l}.self_attn.o_proj")
-        b_o = o_proj.bias.detach().float() if o_proj.bias is not None else torch.zeros(w_o.shape[-1])
+        b_o = model.weights.b_O(l)
+        b_o = b_o.detach().float() if b_o is not None else torch.zeros(w_o.shape[-1])
         d_l = dirs.to(v.device)
         post = model.adapter.attn_out[0]
         if post != "self_attn":  # Gemma3: attn_out = post_attention_layernorm(o_proj output), linear for its scale

@@ -43,25 +43,9 @@ def final_norm(model: MLLM) -> NormAffine:
 
 
 def block_norm(model: MLLM, layer: int, mlp_input: bool = False) -> NormAffine:
-    """ln1 (``input_layernorm``) or, with ``mlp_input``, ln2 (Gemma3: ``pre_feedforward_layernorm``, else
-    ``post_attention_layernorm``) of one decoder layer."""
-    lay = model.adapter.module(f"{model.adapter.decoder}.layers.{layer}")
-    if not mlp_input:
-        return norm_affine(lay.input_layernorm)
-    ln2 = lay.pre_feedforward_layernorm if hasattr(lay, "pre_feedforward_layernorm") else lay.post_attention_layernorm
-    return norm_affine(ln2)
-
-
-def unembed(model: MLLM) -> torch.Tensor:
-    """``W_U`` [d_model, vocab]: a view of ``lm_head.weight`` (no bias on any supported model)."""
-    return model.adapter.module(model.adapter.lm_head).weight.detach().T
-
-
-def head_out_weight(model: MLLM, layer: int) -> torch.Tensor:
-    """``W_O`` of one layer [n_heads, d_head, d_model]: a view of ``o_proj.weight``."""
-    w = model.adapter.module(f"{model.adapter.decoder}.layers.{layer}.self_attn.o_proj").weight.detach()  # [d, H*dh]
-    n_heads = int(model.cfg.num_attention_heads)
-    return w.T.reshape(n_heads, w.shape[1] // n_heads, w.shape[0])
+    """ln1 or, with ``mlp_input``, ln2 of one decoder layer (the adapter's ``ln1`` / ``ln2`` modules)."""
+    ad = model.adapter
+    return norm_affine(ad.module(f"{ad.decoder}.layers.{layer}.{ad.ln2 if mlp_input else ad.ln1}"))
 
 
 def token_ids(model: MLLM, tokens: Any) -> torch.Tensor:
@@ -188,7 +172,7 @@ class ResidAnalysis:
         if z is None:
             raise KeyError(f"Neither {name!r} nor 'blocks.{layer}.attn.hook_z' is in this cache; cache one of them, "
                            "e.g. model.run_with_cache(batch, names_filter='blocks.*.attn.hook_z').")
-        w_o = head_out_weight(self._need_model(), layer)
+        w_o = self._need_model().weights.W_O(layer).detach()
         return torch.einsum("bphd,hdm->bphm", z, w_o.to(z.dtype))
 
     def stack_head_results(self, layer: int | None = -1, return_labels: bool = False, incl_remainder: bool = False,
@@ -247,7 +231,7 @@ class ResidAnalysis:
         """[*token_shape, d]: ``W_U[:, tokens]`` (minus ``W_U[:, incorrect_tokens]``) times the final norm's
         effective weight, i.e. the direction in the normalized residual that writes those logits."""
         model = self._need_model()
-        w_u, norm = unembed(model), final_norm(model)
+        w_u, norm = model.weights.W_U.detach(), final_norm(model)
         tok = token_ids(model, tokens).to(w_u.device)
         d = w_u[:, tok].movedim(0, -1)
         if incorrect_tokens is not None:
