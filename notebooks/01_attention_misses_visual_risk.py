@@ -121,9 +121,11 @@ dla_batch = model.prepare([q.image for q in probe], [q.question for q in probe])
 dla = head_dla(model, dla_batch, "i", "sure", box=[q.box for q in probe])
 exact = torch.allclose(dla.embed + dla.layer_attn.sum(-1) + dla.layer_mlp.sum(-1), dla.logit_diff, atol=1e-3)
 print("components add up to the model's logit difference:", exact)
+# where the logit difference is written (mean over scenes): heads split by what they read, MLPs, embeddings
 pd.DataFrame({"logit diff (i - sure)": dla.logit_diff, "all heads": dla.total.sum((1, 2)),
-              "read from image tokens": dla.image.sum((1, 2)), "of which the hazard": dla.region.sum((1, 2)),
-              "read from text tokens": dla.text.sum((1, 2))}).mean().round(3)
+              "heads, read from image tokens": dla.image.sum((1, 2)),
+              "heads, read from the hazard": dla.region.sum((1, 2)), "heads, read from text": dla.text.sum((1, 2)),
+              "MLPs": dla.layer_mlp.sum(-1), "embeddings": dla.embed}).mean().round(3)
 
 # %%
 dla.table(k=8).round(3)
