@@ -1,7 +1,8 @@
-"""``head_dla`` against hand-written references on tiny random models of every architecture and on the organism:
-the per-source split adds up to each head's total, the heads add up to ``hook_attn_out``'s attribution, every
-component adds up to the model's own logit difference, and one head computed by hand from ``hook_z`` and the
-weights read from the HF modules."""
+"""Per-head analysis against hand-written references on tiny random models of every architecture:
+``stack_head_results`` (each head by hand from ``hook_z`` and ``o_proj``'s weight; their sum is ``hook_attn_out``),
+TransformerLens-style head ablation through ``run_with_hooks`` (vs a torch pre-hook on ``o_proj``), and ``head_dla``
+(the per-source split adds up to each head's total, the heads to ``hook_attn_out``'s attribution, every component
+to the model's own logit difference; one head by hand; sdpa = eager)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,69 @@ def _last(t: torch.Tensor, batch: Any) -> torch.Tensor:
 def _final_weight_eps(model: MLLM, arch: str) -> tuple[torch.Tensor, float]:
     norm = _dec(model, arch).norm  # Gemma-family RMSNorms multiply by (1 + w)
     w = norm.weight.detach().float()
-    return (1.0 + w if arch in ("gemma3", "paligemma") else w), float(getattr(norm, "variance_epsilon", norm.eps))
+    return (1.0 + w if arch in ("gemma3", "paligemma") else w), float(getattr(norm, "variance_epsilon", None) or norm.eps)
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_stack_head_results(models: Any, arch: str) -> None:
+    model = models(arch)
+    batch = _batch(model)
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.*.attn.hook_z", "blocks.*.hook_attn_out", "blocks.*.hook_resid_*"])
+    stack, labels = cache.stack_head_results(return_labels=True)
+    n_heads = model.cfg.num_attention_heads
+    assert labels[: n_heads + 1] == [f"L0H{h}" for h in range(n_heads)] + ["L1H0"]
+    dec = _dec(model, arch)
+    for l in range(model.n_layers):
+        o_proj = dec.layers[l].self_attn.o_proj
+        heads = stack[l * n_heads:(l + 1) * n_heads]
+        # each head by hand: its slice of z times its columns of o_proj.weight
+        z = cache[f"blocks.{l}.attn.hook_z"]
+        d_head = z.shape[-1]
+        h = n_heads - 1
+        torch.testing.assert_close(heads[h], z[..., h, :] @ o_proj.weight[:, h * d_head:(h + 1) * d_head].T,
+                                   atol=1e-5, rtol=1e-5)
+        out = heads.sum(0) + (o_proj.bias if o_proj.bias is not None else 0.0)
+        if arch == "gemma3":  # the post-attention norm comes before the residual add
+            out = dec.layers[l].post_attention_layernorm(out)
+        torch.testing.assert_close(out, cache[f"blocks.{l}.hook_attn_out"], atol=1e-5, rtol=1e-5)
+    with_rest = cache.stack_head_results(incl_remainder=True)
+    torch.testing.assert_close(with_rest.sum(0), cache[f"blocks.{model.n_layers - 1}.hook_resid_post"], atol=1e-5,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl", "gemma3"])
+def test_run_with_hooks_head_ablation_via_hook_z(models: Any, arch: str) -> None:
+    """TransformerLens's head ablation, fn(z, hook) zeroing one head, equals zeroing that head's slice of o_proj's
+    input with a plain torch pre-hook; cached hook_result agrees with hook_z · W_O."""
+    model = models(arch)
+    batch = _batch(model)
+
+    def ablate(z: torch.Tensor, hook: Any) -> None:
+        assert hook.name == "blocks.1.attn.hook_z" and hook.layer() == 1
+        z[:, :, 2] = 0.0  # in place, as TransformerLens users write it
+
+    got = model.run_with_hooks(batch, fwd_hooks=[("blocks.1.attn.hook_z", ablate)])
+    o_proj = _dec(model, arch).layers[1].self_attn.o_proj
+    d_head = model.weights.d_head
+
+    def pre(_m: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0].clone()
+        x[..., 2 * d_head:3 * d_head] = 0.0
+        return (x, *args[1:])
+
+    h = o_proj.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad():
+            ref = model.hf(**batch.inputs).logits
+    finally:
+        h.remove()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, model.forward(batch), atol=1e-4)
+
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.1.attn.hook_result", "blocks.1.attn.hook_z"])
+    from_z = torch.einsum("bphd,hdm->bphm", cache["z", 1], o_proj.weight.detach().T.reshape(-1, d_head, model.d_model))
+    torch.testing.assert_close(cache["result", 1], from_z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.head_results(1), cache["result", 1])
+
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_head_dla_decomposes_exactly(models: Any, arch: str) -> None:
