@@ -396,3 +396,35 @@ def test_masked_scores_are_minus_infinity(models: Callable[..., MLLM]) -> None:
     causal = torch.triu(torch.ones_like(s, dtype=torch.bool), diagonal=1)
     assert bool(torch.isneginf(s[causal]).all()) and bool(torch.isfinite(s[~causal]).all())
     assert math.isclose(float(torch.softmax(s, -1).sum(-1).mean()), 1.0, rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- nnsight traces
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2_vl"])
+def test_derived_hooks_read_and_write_inside_an_nnsight_trace(models: Callable[..., MLLM], arch: str) -> None:
+    model = models(arch)
+    batch = model.prepare([tiny_image()], [PROMPTS[0]])
+    names = [f"blocks.{L}.{h}" for h in ("ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
+                                          "attn.hook_v", "attn.hook_z", "attn.hook_result", "hook_resid_mid",
+                                          "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post")]
+    names += ["ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out"]
+    _, cache = model.run_with_cache(batch, names)
+    saved = {}
+    with model.trace(batch):
+        for n in names:
+            saved[n] = model.read(n).save()
+    for n in names:
+        torch.testing.assert_close(saved[n], cache[n], atol=0, rtol=0, msg=n)
+    v = torch.linspace(-1, 1, model.d_model)
+    edits = [(f"blocks.{L}.attn.hook_z", lambda z: torch.cat([z[:, :, :2] * 0, z[:, :, 2:]], dim=2)),
+             (f"blocks.{L}.ln2.hook_normalized", lambda n: n * 2), (f"blocks.{L}.hook_resid_mid", lambda r: r + v)]
+    for name, fn in edits:
+        with model.hooks([(name, lambda t, _c, fn=fn: fn(t))]):
+            want = model.forward(batch)
+        with model.trace(batch):
+            model.write(name, fn(model.read(name)))
+            got = model.envoy(model.adapter.lm_head).output.save()
+        assert not torch.allclose(want, model.forward(batch), atol=1e-4), name
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=name)
+    refusal = r"run_with_cache\(batch, names=\['blocks.1.attn.hook_rot_q'\]\)"
+    with pytest.raises(ValueError, match=refusal), model.trace(batch):
+        model.read(f"blocks.{L}.attn.hook_rot_q")
