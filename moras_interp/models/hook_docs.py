@@ -58,6 +58,69 @@ Notes:
 """
 
 
+TL_SECTION = """
+## Per-head and intermediate hooks (TransformerLens)
+
+Shapes: d_head = attention head size, kv_heads = key/value heads (grouped-query attention), d_mlp = MLP width.
+Names and meanings follow TransformerLens' `HookedTransformer` (`ln_final.hook_out`, the weighted final-norm
+output, is the TransformerLens bridge's name; `HookedTransformer` has none). They are declared once for every
+architecture in `moras_interp/models/adapters/tl_points.py`; values that are not a module's own input or
+output are *derived* (`moras_interp/models/derived_hooks.py`) and written back through an inverse, so every
+name is readable and editable like the others (`run_with_cache`, `model.hooks`, `collect_activations`):
+
+| name | shape | value | an edit |
+|---|---|---|---|
+| `blocks.{l}.ln1.hook_scale` | [b, pos, 1] | `sqrt(mean(x²) + eps)` of the pre-attention norm's input x (LayerNorm: of `x - mean`) | the norm output becomes `w · x / scale` |
+| `blocks.{l}.ln1.hook_normalized` | [b, pos, d] | `x / scale`, **before** the weight | the norm output becomes `w · value` (Gemma: `(1 + w) · value`) |
+| `blocks.{l}.attn.hook_q` | [b, pos, heads, d_head] | `q_proj` output per head | reshaped back into `q_proj`'s output |
+| `blocks.{l}.attn.hook_k`, `hook_v` | [b, pos, kv_heads, d_head] | `k_proj` / `v_proj` output per **KV** head (grouped-query attention is not expanded: query head h reads KV head `h // (heads / kv_heads)`) | reshaped back; enters the KV cache |
+| `blocks.{l}.attn.hook_rot_q` | [b, pos, heads, d_head] | the query the attention function receives: after RoPE (Qwen2-VL/2.5-VL: multimodal RoPE), and on Gemma3 after `q_norm` (`hook_q` is before it) | replaces the query |
+| `blocks.{l}.attn.hook_rot_k` | [b, pos, kv_heads, d_head] | keys of this forward's positions after (`k_norm` and) RoPE | written in place, so it also enters the KV cache |
+| `blocks.{l}.attn.hook_attn_scores` | [b, heads, q, k] | `q·kᵀ · scaling` (soft-capped where the model soft-caps) plus the mask, masked entries `-inf`; eager attention only | attention finishes eagerly from the edited scores |
+| `blocks.{l}.attn.hook_z` | [b, pos, heads, d_head] | per-head attention output, `o_proj`'s input | reshaped back into `o_proj`'s input (zeroing head h = head ablation) |
+| `blocks.{l}.attn.hook_result` | [b, pos, heads, d] | head h's `o_proj` contribution `z_h · W_O[h]` (without `b_O`) | `o_proj` output becomes `Σ_h value + b_O` |
+| `blocks.{l}.hook_resid_mid` | [b, pos, d] | `resid_pre + attn_out`, the pre-MLP norm's input | copied in place: the MLP input *and* the residual the layer continues with |
+| `blocks.{l}.ln2.hook_scale`, `hook_normalized` | [b, pos, 1], [b, pos, d] | as `ln1`, for the pre-MLP norm | as `ln1` |
+| `blocks.{l}.mlp.hook_pre` | [b, pos, d_mlp] | `gate_proj` output (before the activation) | replaces it |
+| `blocks.{l}.mlp.hook_pre_linear` | [b, pos, d_mlp] | `up_proj` output | replaces it |
+| `blocks.{l}.mlp.hook_post` | [b, pos, d_mlp] | `act(gate) · up`, `down_proj`'s input | replaces it |
+| `ln_final.hook_scale`, `hook_normalized` | [b, pos, 1], [b, pos, d] | as `ln1`, for the final norm | as `ln1` |
+| `ln_final.hook_out` | [b, pos, d] | the final norm's output, weight applied (MoRAS steers here) | replaces it |
+
+* **`attn.hook_result` is computed only when asked** ([b, pos, heads, d] per layer is large):
+  `run_with_cache(batch)` without names and globs that do not spell the ending (`"blocks.*.attn.*"`) leave it
+  out; name it (`"blocks.3.attn.hook_result"`) or glob it (`"blocks.*.attn.hook_result"`).
+* **Order.** `model.hook_names()` lists execution order, which nnsight traces need. `attn.hook_pattern` is
+  `self_attn`'s second output, so it comes after `hook_z` and `hook_result` (TransformerLens lists it before).
+* **Attention-call hooks** (`hook_rot_q`, `hook_rot_k`, `hook_attn_scores`): while one is installed, the
+  attention module's own forward runs a wrapper registered for its attention implementation in transformers'
+  `AttentionInterface` (restored when the module returns), see `moras_interp/models/attn_call.py`. They work
+  under eager and sdpa (scores: eager only) and at every generation step (`hook_rot_k` then holds the new
+  positions only), but not inside an nnsight trace: `model.read` / `model.write` there raise an error naming
+  `run_with_cache` / `model.hooks`. Every other name works in traces too.
+* **Norms.** TransformerLens' `hook_scale` is `sqrt(mean(x²) + eps)` and `hook_normalized = x / scale`; here
+  both are in the input's dtype, and an unedited `hook_normalized` is bit-identical to what the HF norm
+  multiplies by its weight. Gemma and Gemma3 norms multiply by `1 + w` (not `w`): `normalized · (1 + w)` is the
+  norm's output. `attn.hook_pattern` stays read-only; edit `attn.hook_attn_scores` instead.
+* **Gemma3 (sandwich norms).** `ln1` is `input_layernorm`, `ln2` is `pre_feedforward_layernorm`;
+  `hook_attn_out` / `hook_mlp_out` are read after `post_attention_layernorm` / `post_feedforward_layernorm`
+  (TransformerLens: `ln1_post` / `ln2_post`), so `hook_resid_mid = resid_pre + post_attention_layernorm(attn)`
+  and `down_proj(mlp.hook_post)` is the MLP output *before* `post_feedforward_layernorm`.
+
+### Weights in TransformerLens shapes
+
+`model.weights` gives views of the HF parameters (no copies; `data_ptr()` is the parameter's, in-place
+edits edit the model): `W_Q(l)` [heads, d, d_head], `W_K(l)` / `W_V(l)` [kv_heads, d, d_head] (`expand=True`:
+[heads, d, d_head], a copy repeated per query head as TransformerLens' `repeat_interleave`), `W_O(l)` [heads,
+d_head, d], `b_Q(l)`, `b_K(l)`, `b_V(l)` [heads or kv_heads, d_head] and `b_O(l)` [d] (`None` where the model
+has no bias), `W_gate(l)`, `W_in(l)` (the up projection) [d, d_mlp], `W_out(l)` [d_mlp, d], `W_E` [vocab, d]
+(Gemma's `sqrt(d)` scale is applied by the embedding module, not stored), `W_U` [d, vocab] and `ln_w(name)` for
+`"blocks.{l}.ln1"`, `"blocks.{l}.ln2"`, `"ln_final"`. Then
+`einsum("bpd,hde->bphe", ln1.hook_normalized · w, W_Q(l)) + b_Q(l)` is `attn.hook_q`, and
+`einsum("bphe,hed->bpd", attn.hook_z, W_O(l))` is `o_proj`'s output without its bias.
+"""
+
+
 def render() -> str:
     """The full markdown text of ``docs/hooks.md`` (builds each tiny model once; a few seconds on CPU)."""
     from moras_interp.models.adapters import ADAPTERS
@@ -66,6 +129,7 @@ def render() -> str:
 
     parts = [INTRO]
     parts += [f"| `{name}` | {shape} | {what} |\n" for name, (shape, what) in HOOK_DOC.items()]
+    parts.append(TL_SECTION)
     parts.append("\n## Per architecture\n\nModule paths are relative to the HF `*ForConditionalGeneration` "
                  "model; `(output[0])` is the first element of a tuple output, `(input)` the hidden-state "
                  "input. The *measured* column is the shape on the tiny random model of "

@@ -25,6 +25,17 @@ d_v = vision hidden size, heads = attention heads, q/k = query/key positions.
 |                                      |                           | axis)                                                             |
 | ``projector.hook_out``               | [..., d]                  | image features leaving the projector (rows in projector order;    |
 |                                      |                           | ``ImageLayout`` maps them onto sequence positions)                |
+
+Per-head and intermediate TransformerLens names (all layers ``l``; shapes with d_head, kv_heads, d_mlp):
+``blocks.{l}.ln1.hook_scale`` [b, pos, 1] / ``ln1.hook_normalized`` [b, pos, d] (``x / sqrt(mean(x²) + eps)``,
+before the weight), ``attn.hook_q`` [b, pos, heads, d_head], ``attn.hook_k`` / ``hook_v`` [b, pos, kv_heads,
+d_head], ``attn.hook_rot_q`` / ``hook_rot_k`` (after RoPE), ``attn.hook_attn_scores`` [b, heads, q, k] (eager),
+``attn.hook_z`` [b, pos, heads, d_head], ``attn.hook_result`` [b, pos, heads, d] (only when named,
+:data:`ON_REQUEST`), ``hook_resid_mid`` [b, pos, d], ``ln2.hook_scale`` / ``ln2.hook_normalized``,
+``mlp.hook_pre`` / ``hook_pre_linear`` / ``hook_post`` [b, pos, d_mlp], ``ln_final.hook_scale`` /
+``ln_final.hook_normalized`` (before the weight) and ``ln_final.hook_out`` (after it). Where each lives:
+``models/adapters/tl_points.py``; derived values and their inverses: ``models/derived_hooks.py`` and
+``models/attn_call.py``; the full table with meanings: ``docs/hooks.md``.
 """
 
 from __future__ import annotations
@@ -204,10 +215,12 @@ def hook_table_markdown(points: list[HookPoint], arch: str,
     for t, p in seen.items():
         mod = re.sub(r"\.\d+(\.|$)", r".{l}\1", p.module, count=1) if "{l}" in t else p.module
         idx = f"[{p.index}]" if p.index is not None else ""
+        view = f", {p.view}" if p.view is not None else ""
         n = f" ×{counts[t]}" if counts[t] > 1 else ""
-        row = f"| `{t}`{n} | {p.shape} | `{mod}` ({p.io}{idx}) |"
+        row = f"| `{t}`{n} | {p.shape} | `{mod}` ({p.io}{idx}{view}) |"
         if shapes is not None:
             got = shapes.get(p.name)
-            row += f" {list(got)} |" if got is not None else " (eager only) |"
+            missing = " (on request) |" if on_request(p.name) else " (eager only) |"
+            row += f" {list(got)} |" if got is not None else missing
         lines.append(row)
     return "\n".join(lines)
