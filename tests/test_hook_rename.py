@@ -169,3 +169,13 @@ def test_a_run_identity_diff_over_a_renamed_hook_explains_the_rename(tmp_path: P
     with pytest.raises(IdentityMismatchError, match=r"steer_hooks(.|\n)*'ln_final\.hook_normalized' was renamed in "
                                                     r"0\.2(.|\n)*--overwrite"):
         check_or_write(tmp_path, ident(FINAL))
+
+
+def test_every_documented_name_has_its_transformerlens_and_nnterp_equivalents() -> None:
+    from moras_interp.models.hooks import HOOK_DOC
+    from moras_interp.models.tl_names import EQUIVALENTS
+
+    missing = sorted(set(HOOK_DOC) - set(EQUIVALENTS))
+    assert not missing, f"add rows to moras_interp/models/tl_names.EQUIVALENTS for {missing}"
+    assert EQUIVALENTS["ln_final.hook_out"][0] == "`ln_final.hook_out`"  # the bridge name we follow
+    assert EQUIVALENTS["hook_embed"][0].startswith("`embed.hook_out`")
