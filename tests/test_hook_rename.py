@@ -179,3 +179,28 @@ def test_every_documented_name_has_its_transformerlens_and_nnterp_equivalents() 
     assert not missing, f"add rows to moras_interp/models/tl_names.EQUIVALENTS for {missing}"
     assert EQUIVALENTS["ln_final.hook_out"][0] == "`ln_final.hook_out`"  # the bridge name we follow
     assert EQUIVALENTS["hook_embed"][0].startswith("`embed.hook_out`")
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_hook_embed_in_a_trace_and_as_an_edit(models, arch: str) -> None:
+    """nnsight reads / writes both embedding names in execution order (embed_tokens runs before the vision
+    tower); an edit of hook_embed at text positions reaches layer 0, at image positions it is overwritten by the
+    merged image features (as HF's masked_scatter does)."""
+    from moras_interp.models.validate import probe_image
+
+    model = models(arch)
+    batch = model.prepare([probe_image()], ["what is in the image ?"])
+    _, cache = model.run_with_cache(batch, ["hook_embed", "hook_inputs_embeds"])
+    with torch.no_grad(), model.trace(batch):
+        emb = model.read("hook_embed").save()
+        merged = model.read("hook_inputs_embeds").save()
+    torch.testing.assert_close(emb, cache["hook_embed"], atol=0, rtol=0)
+    torch.testing.assert_close(merged, cache["hook_inputs_embeds"], atol=0, rtol=0)
+    img = batch.layouts[0].image_positions
+    delta = torch.zeros_like(cache["hook_embed"])
+    delta[0, -1] = 1.0           # the last position: a text token
+    delta[0, img] = 5.0           # image positions: replaced by the image features afterwards
+    with model.hooks([("hook_embed", lambda x, ctx: x + delta)]):
+        _, edited = model.run_with_cache(batch, ["hook_inputs_embeds"])
+    diff = edited["hook_inputs_embeds"] - cache["hook_inputs_embeds"]
+    torch.testing.assert_close(diff, delta * (delta == 1.0), atol=1e-6, rtol=0)
