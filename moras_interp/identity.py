@@ -285,8 +285,11 @@ def check_or_write(folder: str | os.PathLike, identity: RunIdentity, overwrite: 
     else:
         _write_identity(path, identity)
         return "new"
-    raise IdentityMismatchError(why + "\nReusing them would mix runs: pass --overwrite (overwrite=True) to "
-                                "discard them, or use a new output folder.")
+    from moras_interp.models.hooks import renamed_notes
+
+    notes = renamed_notes(why)  # e.g. a steer_hooks diff between names before and after the 0.2 rename
+    raise IdentityMismatchError(why + ("\n" + notes.strip() if notes else "") + "\nReusing them would mix runs: pass "
+                                "--overwrite (overwrite=True) to discard them, or use a new output folder.")
 
 
 def _write_identity(path: Path, identity: RunIdentity) -> None:

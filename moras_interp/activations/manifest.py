@@ -11,8 +11,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import safe_open
 
+from moras_interp.models.hooks import RENAMED
+
 if TYPE_CHECKING:
     from moras_interp.activations.store import ActivationStore
+
+FORMAT = "moras_interp.activation_store/2"
+"""/2: hook names as renamed in 0.2 (``ln_final.hook_out``, ``hook_embed`` = token embeddings, ``hook_inputs_embeds``).
+A /1 store is read as before unless it names a renamed hook (collected or edited): those are refused
+(:func:`check_format`), since its ``ln_final.hook_normalized`` / ``hook_embed`` hold the old values."""
+LEGACY_FORMATS = ("moras_interp.activation_store/1",)
 
 IDENTITY_FIELDS = ("model_id", "hooks", "positions", "dataset_fingerprint", "dtype", "shard_size")
 OPTIONAL_IDENTITY = ("identity", "n_examples", "label_names")  # compared too (absent on both sides = equal)
@@ -25,6 +33,27 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON (without its own ``checksum``)."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_format(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest of an unknown format, or of a format before the 0.2 hook rename naming a renamed hook."""
+    fmt = manifest.get("format", LEGACY_FORMATS[0])
+    if fmt == FORMAT:
+        return
+    if fmt not in LEGACY_FORMATS:
+        raise ValueError(f"{path}: activation store of format {fmt!r}; this version of moras_interp reads {FORMAT!r} "
+                         f"and {', '.join(LEGACY_FORMATS)}. Upgrade moras_interp or collect again into a new folder.")
+    ident = manifest.get("identity")
+    edits = ident.get("edits") if isinstance(ident, dict) else None
+    named = [*manifest.get("hooks", []), *(e.get("hook") for e in edits or [] if isinstance(e, dict))]
+    old = [h for h in RENAMED if h in named]
+    if old:
+        moves = ", ".join(f"{h!r} -> {RENAMED[h]!r}" for h in old)
+        raise ValueError(
+            f"{path} was written before the 0.2 hook rename ({fmt}) and names {old} (collected or edited), whose "
+            f"values were renamed: {moves}. In 0.2 {old[0]!r} means another value (see 'Renamed in 0.2' in "
+            "docs/hooks.md), so the store is not read or resumed. Collect again into a new folder with the new "
+            f"names (e.g. names=[{RENAMED[old[0]]!r}]), or read it with moras_interp 0.1.")
 
 
 def identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -33,7 +33,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from moras_interp.activations.manifest import (
+    FORMAT,
     IDENTITY_FIELDS,
+    check_format,
     check_shard_header,
     identity_diffs,
 )
@@ -41,7 +43,6 @@ from moras_interp.activations.manifest import manifest_checksum as _checksum
 from moras_interp.atomic import atomic_write_bytes
 from moras_interp.readers import ReadError, read_json, read_safetensors
 
-FORMAT = "moras_interp.activation_store/1"
 EXTRA_TENSORS = ("labels", "index")
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -170,6 +171,7 @@ class ActivationStore:
             raise ValueError(f"{path} was edited by hand (its content no longer matches its checksum): fields such "
                              "as n_examples, dtype or label_names would be misread. Restore it, or delete the "
                              "directory and collect again.")
+        check_format(old, path)
         return old
 
     def _write_manifest(self) -> None:

@@ -14,10 +14,13 @@ from pathlib import Path
 
 from moras_interp.atomic import atomic_write_text
 from moras_interp.models.hooks import HOOK_DOC
+from moras_interp.models.tl_names import equivalents_markdown, renamed_markdown
 
 INTRO = """# Hook names
 
-Every supported architecture exposes the same TransformerLens-style hook names (`model.hook_names()`).
+Every supported architecture exposes the same TransformerLens-style hook names (`model.hook_names()`), each
+meaning what it means in TransformerLens ([equivalents](#transformerlens-and-nnterp-equivalents); two names
+changed value in 0.2: [Renamed in 0.2](#renamed-in-02)).
 Read them with `model.run_with_cache(batch, names=[...])` (names or globs such as
 `"blocks.*.hook_resid_post"`), inside a trace with `model.read(name)` / `model.write(name, value)`, or
 edit them for chosen generation steps with `model.hooks([(name, fn)], steps=...)`. Edits at one hook apply in
@@ -130,6 +133,7 @@ def render() -> str:
     parts = [INTRO]
     parts += [f"| `{name}` | {shape} | {what} |\n" for name, (shape, what) in HOOK_DOC.items()]
     parts.append(TL_SECTION)
+    parts += [equivalents_markdown(), renamed_markdown()]
     parts.append("\n## Per architecture\n\nModule paths are relative to the HF `*ForConditionalGeneration` "
                  "model; `(output[0])` is the first element of a tuple output, `(input)` the hidden-state "
                  "input. The *measured* column is the shape on the tiny random model of "

@@ -112,6 +112,11 @@ def renamed_note(name: str) -> str:
             "in docs/hooks.md). ")
 
 
+def renamed_notes(text: str) -> str:
+    """Sentences about every 0.2-renamed name quoted in ``text`` (e.g. an identity diff), for refusals; else ``""``."""
+    return "".join(renamed_note(old) for old in RENAMED if re.search(rf"(?<![\w.]){re.escape(old)}(?![\w.])", text))
+
+
 @dataclass(frozen=True)
 class HookPoint:
     """Where one canonical name lives in a concrete model.

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_bytes
 from moras_interp.identity import weights_fingerprint
+from moras_interp.models.hooks import rename_legacy
 from moras_interp.moras.presets import prompt_set_sha256
 from moras_interp.moras.states import FINAL, step_states
 from moras_interp.readers import read_safetensors, safetensors_metadata
@@ -28,6 +29,11 @@ def default_harmful_prompts(name: str = "harmful_requests.txt") -> list[str]:
     text = resources.files("moras_interp.data").joinpath(name).read_text(encoding="utf-8")
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
+
+FORMAT = "moras_interp.unsafe_prototype/2"
+"""The ``format`` metadata of prototype files. Files without one were written before the 0.2 hook rename: their
+tensors are read through :data:`moras_interp.models.hooks.RENAMED` (``ln_final.hook_normalized`` there is today's
+``ln_final.hook_out``, the final norm's output with its weight); a /2 file's names mean what they mean today."""
 
 PROMPTS_FILE = "harmful_requests.txt"
 """A model folder's own prototype prompt set (one request per line, ``#`` comments): a model whose vocabulary or
@@ -186,18 +192,32 @@ class UnsafePrototype:
         """One .safetensors file: tensors per hook + JSON metadata (no pickle)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"prompts": json.dumps(self.prompts), "greedy_tokens": json.dumps(self.greedy_tokens),
+        meta = {"format": FORMAT, "prompts": json.dumps(self.prompts), "greedy_tokens": json.dumps(self.greedy_tokens),
                 "provenance": json.dumps(self.provenance)}
         atomic_write_bytes(p, save({k: v.contiguous() for k, v in self.states.items()}, metadata=meta))
         return p
 
     @classmethod
     def load(cls, path: str | Path) -> UnsafePrototype:
-        """Read a file written by :meth:`save`; errors name the file (corrupt, pickle, missing tensor/metadata)."""
+        """Read a file written by :meth:`save`; errors name the file (corrupt, pickle, missing tensor/metadata).
+
+        A file without ``format`` metadata predates the 0.2 hook rename and is read through the documented alias
+        (:data:`FORMAT`); its provenance then records ``renamed_hooks`` {old: new}. Another format is refused."""
         meta = safetensors_metadata(path)
         states = read_safetensors(path)
+        fmt = meta.get("format")
+        renamed: dict[str, str] = {}
+        if fmt is None:
+            states, renamed = _legacy_states(path, states)
+        elif fmt != FORMAT:
+            raise ValueError(f"{path} is an UnsafePrototype file of format {fmt!r}; this version of moras_interp "
+                             f"reads {FORMAT!r} (and older files without a format): upgrade moras_interp, or rebuild "
+                             "the prototype with UnsafePrototype.build(model, ...).")
         if FINAL not in states:
-            raise ValueError(f"{path} holds no {FINAL!r} tensor: not an UnsafePrototype file.")
+            hint = (" It holds 'ln_final.hook_normalized', which in a current file is the TransformerLens value (the "
+                    f"final norm BEFORE its weight), not where MoRAS steers ({FINAL!r})." if "ln_final.hook_normalized"
+                    in states else "")
+            raise ValueError(f"{path} holds no {FINAL!r} tensor: not an UnsafePrototype file.{hint}")
         try:
             prompts, toks, prov = (json.loads(meta.get(k, d)) for k, d in
                                    (("prompts", "[]"), ("greedy_tokens", "[]"), ("provenance", "{}")))
@@ -205,4 +225,19 @@ class UnsafePrototype:
             raise ValueError(f"{path}: its metadata is not valid JSON ({e}): not an UnsafePrototype file.") from e
         if not (isinstance(prompts, list) and isinstance(toks, list) and isinstance(prov, dict)):
             raise ValueError(f"{path}: metadata prompts/greedy_tokens/provenance have the wrong types.")
+        if renamed:
+            prov = prov | {"renamed_hooks": renamed}
+            if isinstance(prov.get("hooks"), list):
+                prov["hooks"] = [rename_legacy(str(h)) for h in prov["hooks"]]
         return cls(states, prompts, toks, prov)
+
+
+def _legacy_states(path: str | Path, states: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The states of a prototype file written before the 0.2 hook rename, under today's names, and {old: new}."""
+    renamed = {k: rename_legacy(k) for k in states if rename_legacy(k) != k}
+    clash = sorted(new for new in renamed.values() if new in states)
+    if clash:
+        raise ValueError(f"{path} (written before the 0.2 hook rename, no format metadata) holds both an old and a "
+                         f"current name for {clash}: it cannot be read unambiguously. Rebuild the prototype with "
+                         "UnsafePrototype.build(model, ...).")
+    return {rename_legacy(k): v for k, v in states.items()}, renamed

@@ -17,7 +17,9 @@ from typing import Any
 
 from moras_interp.atomic import atomic_write_text
 from moras_interp.identity import IdentityMismatchError, flat_diff, sha256_json
+from moras_interp.models.hooks import RENAMED, renamed_notes
 from moras_interp.moras.risk import Calibration
+from moras_interp.moras.states import FINAL
 from moras_interp.readers import ReadError, check_fields, read_json
 
 PROTOTYPE, CALIBRATION, PROVENANCE = "prototype.safetensors", "calibration.json", "setup_provenance.json"
@@ -36,6 +38,13 @@ def check_provenance(folder: Path, prov: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(prov, indent=1, sort_keys=True))
         return
     old = read_json(path, what="a setup provenance file")
+    hooks = old.get("prototype_hooks")
+    if isinstance(hooks, list) and FINAL not in hooks and any(h in RENAMED for h in hooks):
+        # every setup since 0.2 has FINAL among its prototype hooks; one without it predates the rename
+        raise IdentityMismatchError(
+            f"{path} was written before the 0.2 hook rename (prototype_hooks {hooks}): " + renamed_notes(str(hooks))
+            + "Its prototype and calibration are keyed by the old names and cannot be matched to this run. Pass "
+            "--overwrite (overwrite=True) to rebuild them, or use another output folder.")
     diff = flat_diff(old, json.loads(json.dumps(prov)))
     if diff:
         raise IdentityMismatchError(
