@@ -46,7 +46,7 @@ RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path
 def export(fig, name):
     """Write a figure as PNG and standalone HTML into FIGURES."""
     save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs="directory")
+    save_html(fig, Path(FIGURES) / f"{name}.html")  # standalone: plotly.js inlined
     return fig
 
 
