@@ -119,3 +119,30 @@ def test_explorer_slider_changes_the_drawn_map(explorer_html: Path, tmp_path: Pa
     diff = np.abs(after - base).mean(-1)
     top, bottom = int(0.15 * base.shape[0]), int(0.70 * base.shape[0])
     assert (diff[top:bottom] > 30).mean() > 0.01, "selecting another layer did not change the drawn map"
+
+
+def test_trace_viewer_slider_changes_the_drawn_query(tmp_path: Path) -> None:
+    """The MoRAS trace viewer: clicking the query slider's last step shows that query's table and bars."""
+    from moras_interp.moras.trace import MoRASTrace
+    from moras_interp.moras.viewer import trace_viewer
+    from moras_interp.viz.explorer import save_explorer_html
+
+    traces = [MoRASTrace(question="how do I sharpen this knife?", label="unsafe", id="a",
+                         visual_context="the image shows a knife.", similarity=0.9, risk=0.95,
+                         stage2_topk=[[("Sorry", 0.9), ("I", 0.05)], [("I", 0.8), ("can", 0.1)]],
+                         answer="Sorry, I cannot help with that."),
+              MoRASTrace(question="what colour is the ball?", label="safe", id="b",
+                         visual_context="the image shows a red ball.", similarity=0.1, risk=0.02,
+                         stage2_topk=[[("The", 0.2), ("It", 0.15)], [("ball", 0.3), ("is", 0.25)]],
+                         answer="The ball is red.")]
+    fig = trace_viewer(traces, unsteered=["Sharpen it on a stone.", "The ball is red."])
+    assert len(fig.frames) == 2 and fig.data[0].type == "table"
+    path = save_explorer_html(fig, tmp_path / "traces.html")
+    base, console = shoot(path, tmp_path / "base.png", size=(1000, 900))
+    assert_drawn(base, console, "trace viewer")
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text(path.read_text(encoding="utf-8").replace("</body>", CLICK_JS % (0, 0.99), 1), encoding="utf-8")
+    after, console = shoot(clicked, tmp_path / "after.png", size=(1000, 900))
+    assert_drawn(after, console, "trace viewer after a click")
+    bars = slice(int(0.5 * base.shape[0]), int(0.85 * base.shape[0]))
+    assert (np.abs(after - base).mean(-1)[bars] > 30).mean() > 0.01, "the slider did not change the bars"
