@@ -107,6 +107,16 @@ export(plain.layer_head_grid(0), "01_layer_head_grid")
 export(reform.small_multiples(0, box=q.box), "01_small_multiples_with_context")
 
 # %% [markdown]
+# ## Explore it yourself
+# Layer, head set and query token as sliders, plain and reformulated side by side, the hazard box drawn. The exported HTML works offline without a kernel; in Jupyter with ipywidgets, `explorer.widget()` gives the same choices as dropdowns.
+
+# %%
+from moras_interp.attention.explorer import attention_explorer
+
+explorer = attention_explorer(plain, reform, 0, box=q.box)
+print("explorer:", explorer.save_html(FIGURES / "01_attention_explorer.html", include_plotlyjs=PLOTLYJS))
+
+# %% [markdown]
 # ## Over the held-out set
 # Share of image attention on the hazard's box divided by the box's area share (1.0 = no better than uniform), per layer and for H_n (heads with image mass > 0.2).
 
@@ -121,9 +131,12 @@ summary.round(3)
 # %%
 import plotly.graph_objects as go
 
+from moras_interp.viz.style import style_chart
+
 fig = go.Figure([go.Bar(x=[str(l) for l in summary.index], y=summary[f"ratio ({c})"], name=c)
                  for c in ("plain", "reformulated")])
 fig.add_hline(y=1.0, line_dash="dot")
-fig.update_layout(title=f"{model.model_id}: attention on the hazard vs its area share (last token)",
-                  xaxis_title="layer (H_n = visual head set)", yaxis_title="share / area share")
+style_chart(fig, title=f"{model.model_id}: attention on the hazard vs its area share (last token)",
+            x_title="layer (H_n = visual head set)", y_title="share / area share (1 = uniform)",
+            n=f"{len(unsafe)} unsafe scenes", x_kind="category")
 export(fig, "01_region_share_by_layer")

@@ -93,6 +93,21 @@ print("answer         :", trace.answer)
 export(trace.summary_figure(), "03_trace_summary")
 
 # %% [markdown]
+# ## Trace viewer
+# A few unsafe and safe queries, one at a time (slider): visual context, stage-2 distributions, s, r, and the steered answer next to plain generation without steering. Standalone HTML; `trace_viewer_widget` is the Jupyter version.
+
+# %%
+from moras_interp.moras.viewer import trace_viewer
+from moras_interp.viz.explorer import save_explorer_html
+
+few = [e for e in evals if e.label == "unsafe"][:3] + [e for e in evals if e.label == "safe"][:3]
+few_images = [e.load_image() for e in few]
+traces = moras.run(few_images, [e.text for e in few], max_new_tokens=24, progress=False)
+unsteered = model.generate(model.prepare(few_images, [e.text for e in few]), max_new_tokens=24).texts
+print("viewer:", save_explorer_html(trace_viewer(traces, unsteered), FIGURES / "03_trace_viewer.html",
+                                    include_plotlyjs=PLOTLYJS))
+
+# %% [markdown]
 # ## A batch: MoRAS against no defence, fixed-strength steering and prompt baselines
 # `evaluate` records one line per (method, example) as it goes (a rerun resumes) and summarises attack success on unsafe queries and over-refusal on safe ones.
 

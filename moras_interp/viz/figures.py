@@ -84,8 +84,9 @@ def _pixel_axes(fig: go.Figure, size: tuple[int, int], n: int = 1, ticks: bool =
     sx = "" if n == 1 else str(n)
     common = {"constrain": "domain", "showgrid": False, "zeroline": False, "showticklabels": ticks,
               "ticks": "outside" if ticks else ""}
-    fig.layout["xaxis" + sx].update(range=[0, size[0]], **common)
-    fig.layout["yaxis" + sx].update(range=[size[1], 0], scaleanchor="x" + sx, scaleratio=1, **common)
+    fig.layout["xaxis" + sx].update(range=[0, size[0]], title={"text": "x (image pixels)" if ticks else ""}, **common)
+    fig.layout["yaxis" + sx].update(range=[size[1], 0], scaleanchor="x" + sx, scaleratio=1,
+                                    title={"text": "y (image pixels)" if ticks else ""}, **common)
 
 
 def _outline(fig: go.Figure, x0: float, y0: float, x1: float, y1: float, xref: str = "x", yref: str = "y") -> None:
