@@ -25,6 +25,7 @@ DTYPE = None             # e.g. bfloat16 on a GPU
 DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
 N = 40                   # examples per class
 FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relative to this notebook
+PLOTLYJS = True          # HTML figures: True = standalone (plotly.js inlined), or cdn, or directory
 
 # %%
 from pathlib import Path
@@ -44,9 +45,9 @@ RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path
 
 
 def export(fig, name):
-    """Write a figure as PNG and standalone HTML into FIGURES."""
+    """Write a figure as PNG and HTML (standalone unless PLOTLYJS says otherwise) into FIGURES."""
     save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs="directory")
+    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs=PLOTLYJS)
     return fig
 
 
@@ -106,6 +107,16 @@ export(plain.layer_head_grid(0), "01_layer_head_grid")
 export(reform.small_multiples(0, box=q.box), "01_small_multiples_with_context")
 
 # %% [markdown]
+# ## Explore it yourself
+# Layer, head set and query token as sliders, plain and reformulated side by side, the hazard box drawn. The exported HTML works offline without a kernel; in Jupyter with ipywidgets, `explorer.widget()` gives the same choices as dropdowns.
+
+# %%
+from moras_interp.attention.explorer import attention_explorer
+
+explorer = attention_explorer(plain, reform, 0, box=q.box)
+print("explorer:", explorer.save_html(FIGURES / "01_attention_explorer.html", include_plotlyjs=PLOTLYJS))
+
+# %% [markdown]
 # ## Which heads write the compliance, and do they read the hazard?
 # Direct logit attribution of every head to `logit("i") - logit("sure")` at the last prompt token (`i` starts the
 # organism's refusal, `sure` its compliance; negative = pushes towards complying). Each head's contribution splits
@@ -153,9 +164,12 @@ summary.round(3)
 # %%
 import plotly.graph_objects as go
 
+from moras_interp.viz.style import style_chart
+
 fig = go.Figure([go.Bar(x=[str(l) for l in summary.index], y=summary[f"ratio ({c})"], name=c)
                  for c in ("plain", "reformulated")])
 fig.add_hline(y=1.0, line_dash="dot")
-fig.update_layout(title=f"{model.model_id}: attention on the hazard vs its area share (last token)",
-                  xaxis_title="layer (H_n = visual head set)", yaxis_title="share / area share")
+style_chart(fig, title=f"{model.model_id}: attention on the hazard vs its area share (last token)",
+            x_title="layer (H_n = visual head set)", y_title="share / area share (1 = uniform)",
+            n=f"{len(unsafe)} unsafe scenes", x_kind="category")
 export(fig, "01_region_share_by_layer")

@@ -25,6 +25,7 @@ DTYPE = None             # e.g. bfloat16 on a GPU
 DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
 N = 40                   # examples per class
 FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relative to this notebook
+PLOTLYJS = True          # HTML figures: True = standalone (plotly.js inlined), or cdn, or directory
 
 # %%
 from pathlib import Path
@@ -44,9 +45,9 @@ RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path
 
 
 def export(fig, name):
-    """Write a figure as PNG and standalone HTML into FIGURES."""
+    """Write a figure as PNG and HTML (standalone unless PLOTLYJS says otherwise) into FIGURES."""
     save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs="directory")
+    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs=PLOTLYJS)
     return fig
 
 
@@ -90,6 +91,21 @@ print("stage-2 tokens :", trace.stage2_tokens, "-> s =", round(trace.similarity,
 print("displacement   :", [round(x, 2) for x in trace.displacement_norms])
 print("answer         :", trace.answer)
 export(trace.summary_figure(), "03_trace_summary")
+
+# %% [markdown]
+# ## Trace viewer
+# A few unsafe and safe queries, one at a time (slider): visual context, stage-2 distributions, s, r, and the steered answer next to plain generation without steering. Standalone HTML; `trace_viewer_widget` is the Jupyter version.
+
+# %%
+from moras_interp.moras.viewer import trace_viewer
+from moras_interp.viz.explorer import save_explorer_html
+
+few = [e for e in evals if e.label == "unsafe"][:3] + [e for e in evals if e.label == "safe"][:3]
+few_images = [e.load_image() for e in few]
+traces = moras.run(few_images, [e.text for e in few], max_new_tokens=24, progress=False)
+unsteered = model.generate(model.prepare(few_images, [e.text for e in few]), max_new_tokens=24).texts
+print("viewer:", save_explorer_html(trace_viewer(traces, unsteered), FIGURES / "03_trace_viewer.html",
+                                    include_plotlyjs=PLOTLYJS))
 
 # %% [markdown]
 # ## A batch: MoRAS against no defence, fixed-strength steering and prompt baselines

@@ -25,6 +25,7 @@ DTYPE = None             # e.g. bfloat16 on a GPU
 DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
 N = 40                   # examples per class
 FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relative to this notebook
+PLOTLYJS = True          # HTML figures: True = standalone (plotly.js inlined), or cdn, or directory
 
 # %%
 from pathlib import Path
@@ -44,9 +45,9 @@ RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path
 
 
 def export(fig, name):
-    """Write a figure as PNG and standalone HTML into FIGURES."""
+    """Write a figure as PNG and HTML (standalone unless PLOTLYJS says otherwise) into FIGURES."""
     save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs="directory")
+    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs=PLOTLYJS)
     return fig
 
 

@@ -4,7 +4,15 @@ small multiples, difference maps; HTML / PNG (browser-free) / NPZ exports.
 ``viz`` reads result objects and arrays; it never runs models.
 """
 
-from moras_interp.viz.export import kaleido_available, load_npz, save_html, save_npz, save_png, sidecar_path
+from moras_interp.viz.export import (
+    browser_path,
+    kaleido_available,
+    load_npz,
+    save_html,
+    save_npz,
+    save_png,
+    sidecar_path,
+)
 from moras_interp.viz.figures import (
     describe,
     difference_map,
@@ -16,6 +24,7 @@ from moras_interp.viz.mpl import figure_to_matplotlib
 from moras_interp.viz.raster import paint_boxes, region_mask, token_map, token_region_overlap
 
 __all__ = [
+    "browser_path",
     "describe",
     "difference_map",
     "figure_to_matplotlib",

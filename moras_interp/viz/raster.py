@@ -213,19 +213,11 @@ def token_region_overlap(
         float32 Tensor [n]: ``integral(box ∩ region) / area(box)``, integrated exactly over pixel
         cells; 0 for empty boxes. Parts of a box outside the image count as outside the region.
     """
+    from moras_interp.models.region import overlap_fraction
+
     m = region_mask.detach().cpu().numpy() if isinstance(region_mask, torch.Tensor) else region_mask
     m = np.asarray(m, dtype=np.float64)
     if m.ndim != 2:
         raise ValueError(f"region_mask must be [H, W], got shape {m.shape}")
-    height, width = m.shape
-    b = _as_numpy(boxes).reshape(-1, 4)
-    out = np.zeros(b.shape[0])
-    for i, box in enumerate(b):
-        area = (box[2] - box[0]) * (box[3] - box[1])
-        if not area > 0:
-            continue
-        cells = _box_cells(box, width, height)
-        if cells is not None:
-            rows, cols, a = cells
-            out[i] = float((a * m[rows, cols]).sum()) / area
-    return torch.from_numpy(out).to(torch.float32)
+    b = torch.as_tensor(_as_numpy(boxes).reshape(-1, 4))
+    return overlap_fraction(b, (m.shape[1], m.shape[0]), mask=m).to(torch.float32)
