@@ -61,14 +61,12 @@ def token_ids(model: MLLM, tokens: Any) -> torch.Tensor:
 
 
 class ResidAnalysis:
-    """Mixin with TransformerLens's analysis methods; needs ``self[name]``, ``self._t``, ``layouts``, ``model``."""
+    """Mixin with TransformerLens's analysis methods for :class:`~moras_interp.models.cache.ActivationCache` (which
+    provides ``self[key]``, ``_t``, ``layouts`` and ``model``)."""
 
     _t: dict[str, torch.Tensor]
     layouts: list[TokenLayout] | None
     model: MLLM | None
-
-    def __getitem__(self, key: Any) -> torch.Tensor:  # provided by ActivationCache
-        raise NotImplementedError
 
     def _need_model(self) -> MLLM:
         if self.model is None:
