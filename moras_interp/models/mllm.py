@@ -217,7 +217,7 @@ class MLLM(StageLabels):
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
-        self._check_outputs(batch, {**{n: v.nan_to_num(neginf=0.0) if n.endswith("hook_attn_scores") else v
+        self._check_outputs(batch, {**{n: v.masked_fill(v.isneginf(), 0) if n.endswith("hook_attn_scores") else v
                                        for n, v in saved.items()}, "hook_logits": logits}, stage)
         tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
         return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
