@@ -451,3 +451,14 @@ def test_norm_hooks_are_float32_and_exact_on_a_bfloat16_model() -> None:
         torch.testing.assert_close(s.double(), (x.pow(2).mean(-1, keepdim=True) + eps_of(ln1)).sqrt(), atol=1e-5, rtol=1e-5)
         out = (n * (1.0 + ln1.weight.float())).to(torch.bfloat16) if arch in GEMMA_NORM else ln1.weight * n.to(torch.bfloat16)
         assert torch.equal(out, seen["out"]), arch
+
+
+def test_remote_execution_refuses_attention_call_hooks_by_name(models: Callable[..., MLLM]) -> None:
+    model = models("llava")
+    batch = model.prepare([tiny_image()], [PROMPTS[0]])
+    model.remote = "local"
+    try:
+        with pytest.raises(ValueError, match=r"blocks.0.attn.hook_rot_q \(and 3 more\) cannot be read in remote"):
+            model.run_with_cache(batch, "blocks.*.attn.hook_rot_*")
+    finally:
+        model.remote = False

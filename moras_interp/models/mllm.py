@@ -231,6 +231,10 @@ class MLLM(StageLabels):
     def _remote_cache(self, batch: Batch, wanted: list[str],
                       device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:
         """run_with_cache through an nnsight trace (remote execution; local edits do not apply there)."""
+        calls = [n for n in wanted if self._points[n].io == "call"]
+        if calls:
+            raise ValueError(f"{calls[0]} (and {len(calls) - 1} more) cannot be read in remote execution: they exist only "
+                             "inside the attention call. Name the hooks you need (e.g. 'blocks.*.attn.hook_q').")
         pts = sorted((self._points[n] for n in wanted), key=lambda p: p.order)
         saved: dict[str, Any] = {}
         with self.trace(batch):
