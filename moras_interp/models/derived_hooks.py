@@ -162,12 +162,9 @@ def get_value(p: HookPoint, site: Site) -> torch.Tensor:
     if kind == "heads":
         return _raw(p, site).unflatten(-1, (int(arg), -1))
     if kind in ("scale", "normalized"):
-        if kind not in site.memo:
+        if kind not in site.memo:  # an edit sets both (scale) or the one it replaced (normalized)
             scale, normalized = norm_parts(site.module, site.input(), arg)
             site.memo.setdefault("scale", scale)
-            if "scale_edited" in site.memo:
-                x = centred(site.input(), arg)
-                normalized = x / site.memo["scale"].to(x.dtype)
             site.memo.setdefault("normalized", normalized)
         return site.memo[kind]
     if kind == "result":
@@ -196,10 +193,10 @@ def put_value(p: HookPoint, site: Site, v: torch.Tensor) -> None:
     elif kind in ("scale", "normalized"):
         x = site.input()
         if kind == "scale":
-            site.memo.clear()
-            site.memo.update(scale=v, scale_edited=v)
-        site.memo["normalized"] = v if kind == "normalized" else get_value(
-            HookPoint(p.name, p.module, p.io, p.index, p.order, p.shape, f"normalized:{arg}"), site)
+            xc = centred(x, arg)
+            site.memo.update(scale=v, normalized=xc / v.to(xc.dtype))
+        else:
+            site.memo["normalized"] = v
         site.set_output(p, norm_finish(site.module, site.memo["normalized"], arg, x.dtype))
     elif kind == "result":
         site.memo["result"] = v
