@@ -428,3 +428,37 @@ def test_derived_hooks_read_and_write_inside_an_nnsight_trace(models: Callable[.
     refusal = r"run_with_cache\(batch, names=\['blocks.1.attn.hook_rot_q'\]\)"
     with pytest.raises(ValueError, match=refusal), model.trace(batch):
         model.read(f"blocks.{L}.attn.hook_rot_q")
+
+
+def test_norm_hooks_are_float32_and_exact_on_a_bfloat16_model() -> None:
+    from moras_interp.models.loading import load_model
+    from moras_interp.models.tiny import build_tiny
+
+    for arch in ("llava", "paligemma"):  # w·n and (1 + w)·n
+        hf, proc = build_tiny(arch)
+        model = load_model(hf.to(torch.bfloat16), processor=proc)
+        batch = model.prepare([tiny_image()], [PROMPTS[0]])
+        ln1 = layer(model, arch).input_layernorm
+        seen: dict[str, torch.Tensor] = {}
+        h = ln1.register_forward_hook(lambda _m, a, o, seen=seen: seen.update(x=a[0], out=o))
+        try:
+            _, cache = model.run_with_cache(batch, [f"blocks.{L}.ln1.hook_scale", f"blocks.{L}.ln1.hook_normalized"])
+        finally:
+            h.remove()
+        n, s = cache[f"blocks.{L}.ln1.hook_normalized"], cache[f"blocks.{L}.ln1.hook_scale"]
+        assert n.dtype == s.dtype == torch.float32 and seen["out"].dtype == torch.bfloat16
+        x = seen["x"].double()
+        torch.testing.assert_close(s.double(), (x.pow(2).mean(-1, keepdim=True) + eps_of(ln1)).sqrt(), atol=1e-5, rtol=1e-5)
+        out = (n * (1.0 + ln1.weight.float())).to(torch.bfloat16) if arch in GEMMA_NORM else ln1.weight * n.to(torch.bfloat16)
+        assert torch.equal(out, seen["out"]), arch
+
+
+def test_remote_execution_refuses_attention_call_hooks_by_name(models: Callable[..., MLLM]) -> None:
+    model = models("llava")
+    batch = model.prepare([tiny_image()], [PROMPTS[0]])
+    model.remote = "local"
+    try:
+        with pytest.raises(ValueError, match=r"blocks.0.attn.hook_rot_q \(and 3 more\) cannot be read in remote"):
+            model.run_with_cache(batch, "blocks.*.attn.hook_rot_*")
+    finally:
+        model.remote = False

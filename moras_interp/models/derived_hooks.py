@@ -17,8 +17,9 @@ view               where                               value                    
 ``KIND`` is the norm convention, found by running the module once (:func:`norm_kind`): ``rms``
 (``w · n``, Llama/Qwen), ``gemma`` (``(1 + w) · n`` in float32), ``layer`` (LayerNorm: ``n = (x - mean) / scale``,
 ``w · n + b``). TransformerLens' ``hook_scale`` is ``sqrt(mean(x²) + eps)`` and ``hook_normalized = x / scale``;
-both are read in the input's dtype (the normalized value from HF's own ``x · rsqrt(...)`` in float32, so an
-unedited read matches the module bit for bit). ``inplace`` serves ``hook_resid_mid``: the decoder layer keeps
+both are float32 (float64 for float64 inputs) like TransformerLens' upcast of half-precision norms, and the
+normalized value is HF's own ``x · rsqrt(mean(x²) + eps)`` in float32, so ``w · normalized`` (cast as the module
+casts) is the module's output bit for bit. ``inplace`` serves ``hook_resid_mid``: the decoder layer keeps
 the tensor it passes to the pre-MLP norm as its residual, so an in-place copy edits both (the residual stream
 the layer continues with, as in TransformerLens). The attention-call values (``rot_q``, ``rot_k``, ``scores``)
 live in :mod:`moras_interp.models.attn_call`.
@@ -97,13 +98,22 @@ def _eps(m: torch.nn.Module) -> float:
     raise TypeError(f"{type(m).__name__}: no epsilon attribute (variance_epsilon / eps) for the norm hooks.")
 
 
+def norm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of ``hook_scale`` / ``hook_normalized``: float32 (float64 for float64 inputs), as TransformerLens."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def centred(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """``x`` in the norm dtype, minus its mean for LayerNorm."""
+    xf = x.to(norm_dtype(x))
+    return xf - xf.mean(-1, keepdim=True) if kind == "layer" else xf
+
+
 def norm_parts(m: torch.nn.Module, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale [.., 1], normalized [.., d]) of the norm module ``m`` at input ``x``, in ``x``'s dtype."""
-    xf = x.float()
-    if kind == "layer":
-        xf = xf - xf.mean(-1, keepdim=True)
+    """(scale [.., 1], normalized [.., d]) of the norm module ``m`` at input ``x``, in :func:`norm_dtype`."""
+    xf = centred(x, kind)
     var = xf.pow(2).mean(-1, keepdim=True) + _eps(m)
-    return var.sqrt().to(x.dtype), (xf * torch.rsqrt(var)).to(x.dtype)
+    return var.sqrt(), xf * torch.rsqrt(var)
 
 
 def norm_finish(m: torch.nn.Module, n: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
@@ -152,13 +162,9 @@ def get_value(p: HookPoint, site: Site) -> torch.Tensor:
     if kind == "heads":
         return _raw(p, site).unflatten(-1, (int(arg), -1))
     if kind in ("scale", "normalized"):
-        if kind not in site.memo:
+        if kind not in site.memo:  # an edit sets both (scale) or the one it replaced (normalized)
             scale, normalized = norm_parts(site.module, site.input(), arg)
             site.memo.setdefault("scale", scale)
-            if "scale_edited" in site.memo:
-                x = site.input().float()
-                x = x - x.mean(-1, keepdim=True) if arg == "layer" else x
-                normalized = (x / site.memo["scale"].float()).to(site.input().dtype)
             site.memo.setdefault("normalized", normalized)
         return site.memo[kind]
     if kind == "result":
@@ -187,10 +193,10 @@ def put_value(p: HookPoint, site: Site, v: torch.Tensor) -> None:
     elif kind in ("scale", "normalized"):
         x = site.input()
         if kind == "scale":
-            site.memo.clear()
-            site.memo.update(scale=v, scale_edited=v)
-        site.memo["normalized"] = v if kind == "normalized" else get_value(
-            HookPoint(p.name, p.module, p.io, p.index, p.order, p.shape, f"normalized:{arg}"), site)
+            xc = centred(x, arg)
+            site.memo.update(scale=v, normalized=xc / v.to(xc.dtype))
+        else:
+            site.memo["normalized"] = v
         site.set_output(p, norm_finish(site.module, site.memo["normalized"], arg, x.dtype))
     elif kind == "result":
         site.memo["result"] = v

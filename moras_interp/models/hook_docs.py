@@ -101,9 +101,9 @@ name is readable and editable like the others (`run_with_cache`, `model.hooks`, 
   under eager and sdpa (scores: eager only) and at every generation step (`hook_rot_k` then holds the new
   positions only), but not inside an nnsight trace: `model.read` / `model.write` there raise an error naming
   `run_with_cache` / `model.hooks`. Every other name works in traces too.
-* **Norms.** TransformerLens' `hook_scale` is `sqrt(mean(x²) + eps)` and `hook_normalized = x / scale`; here
-  both are in the input's dtype, and an unedited `hook_normalized` is bit-identical to what the HF norm
-  multiplies by its weight. Gemma and Gemma3 norms multiply by `1 + w` (not `w`): `normalized · (1 + w)` is the
+* **Norms.** TransformerLens' `hook_scale` is `sqrt(mean(x²) + eps)` and `hook_normalized = x / scale`; both
+  are float32 (float64 for float64 models), as TransformerLens upcasts half-precision norms, and an unedited
+  `hook_normalized` is bit-identical to what the HF norm multiplies by its weight. Gemma and Gemma3 norms multiply by `1 + w` (not `w`): `normalized · (1 + w)` is the
   norm's output. `attn.hook_pattern` stays read-only; edit `attn.hook_attn_scores` instead.
 * **Gemma3 (sandwich norms).** `ln1` is `input_layernorm`, `ln2` is `pre_feedforward_layernorm`;
   `hook_attn_out` / `hook_mlp_out` are read after `post_attention_layernorm` / `post_feedforward_layernorm`

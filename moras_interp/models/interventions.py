@@ -134,9 +134,8 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
                 "interventions in moras_interp.attention (they edit pre-softmax scores exactly), or edit "
                 f"{point.name.replace('hook_pattern', 'hook_attn_scores')}."
             )
-        if point.view == "scores" and model.attn_implementation != "eager":
-            raise ValueError(f"{name} needs eager attention but this model runs {model.attn_implementation!r}; load it "
-                             "with load_model(..., attn_implementation='eager').")
+        if point.view == "scores":
+            model._check_pattern(point)  # eager only
         points.append((point, fn))
     handle._step_handle = model.hf.register_forward_pre_hook(on_step, with_kwargs=True)
     for point, fn in points:

@@ -223,7 +223,7 @@ class MLLM(StageLabels, TLRun):
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
-        self._check_outputs(batch, {**{n: v.nan_to_num(neginf=0.0) if n.endswith("hook_attn_scores") else v
+        self._check_outputs(batch, {**{n: v.masked_fill(v.isneginf(), 0) if n.endswith("hook_attn_scores") else v
                                        for n, v in saved.items()}, "hook_logits": logits}, stage)
         tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
         return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None, self)
@@ -237,6 +237,10 @@ class MLLM(StageLabels, TLRun):
     def _remote_cache(self, batch: Batch, wanted: list[str],
                       device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:
         """run_with_cache through an nnsight trace (remote execution; local edits do not apply there)."""
+        calls = [n for n in wanted if self._points[n].io == "call"]
+        if calls:
+            raise ValueError(f"{calls[0]} (and {len(calls) - 1} more) cannot be read in remote execution: they exist only "
+                             "inside the attention call. Name the hooks you need (e.g. 'blocks.*.attn.hook_q').")
         pts = sorted((self._points[n] for n in wanted), key=lambda p: p.order)
         saved: dict[str, Any] = {}
         with self.trace(batch):
