@@ -2,7 +2,7 @@
 
 The first code cell of each notebook in ``notebooks/`` is tagged ``parameters`` (model id or path, device,
 dtype, data, output folder). :func:`execute` inserts a cell with overrides right after it, runs every cell
-and raises :class:`NotebookError` naming the failing cell. ``python -m moras_interp.notebooks [--out DIR]``
+and raises :class:`NotebookError` naming the failing cell. ``python -m moras_interp.notebooks [--figures DIR]``
 runs them all (this is how ``figures/`` is regenerated).
 """
 
