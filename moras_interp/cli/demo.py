@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="held-out queries per class (as `moras --toy-n`)")
     p.add_argument("--maps", type=int, default=3, help="unsafe examples drawn as heatmaps")
     p.add_argument("--max-new-tokens", type=int, default=24,
-                   help="answer tokens per query (the organism's answers fit; `moras` defaults to more, for real models)")
+                   help="answer tokens per query (enough for the organism's answers; `moras` uses 64, for real models)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_run)
