@@ -7,6 +7,7 @@
     moras = mi.MoRAS.calibrate(model, labelled_pairs)        # risk-adaptive steering, batched
 """
 
+from moras_interp import progress  # noqa: F401, I001  (first: decides tqdm.auto quietly before transformers imports it)
 from moras_interp import organisms
 from moras_interp._version import __version__
 from moras_interp.activations import Direction, collect_activations, steer

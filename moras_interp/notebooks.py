@@ -49,6 +49,21 @@ def relative_to_notebook(path: str | Path) -> Path:
     return (p if p.is_absolute() else notebook_dir() / p).resolve()
 
 
+_QUIET: list[Any] = []
+
+
+def quiet() -> None:
+    """For the project's notebooks: no transformers "Loading weights" bars or log lines and none of the known
+    harmless warnings (:func:`moras_interp.progress.quiet_third_party`) for the rest of this kernel session.
+    Our own progress bars stay on (``progress=``). Calling it again does nothing."""
+    if not _QUIET:
+        from moras_interp.progress import quiet_third_party
+
+        ctx = quiet_third_party()
+        ctx.__enter__()
+        _QUIET.append(ctx)
+
+
 def read_notebook(path: str | Path) -> Any:
     """An ``.ipynb`` (nbformat) or a jupytext percent-format ``.py`` notebook, as an nbformat node."""
     path = Path(path)

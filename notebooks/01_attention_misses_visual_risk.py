@@ -34,9 +34,10 @@ import pandas as pd
 import torch
 
 import moras_interp as mi
-from moras_interp.notebooks import relative_to_notebook
+from moras_interp.notebooks import quiet, relative_to_notebook
 from moras_interp.viz import save_html, save_png
 
+quiet()  # no transformers loading bars or log lines in this session; our progress bars stay
 FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
 FIGURES.mkdir(parents=True, exist_ok=True)
 model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)

@@ -34,9 +34,10 @@ import pandas as pd
 import torch
 
 import moras_interp as mi
-from moras_interp.notebooks import relative_to_notebook
+from moras_interp.notebooks import quiet, relative_to_notebook
 from moras_interp.viz import save_html, save_png
 
+quiet()  # no transformers loading bars or log lines in this session; our progress bars stay
 FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
 FIGURES.mkdir(parents=True, exist_ok=True)
 model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
@@ -72,7 +73,7 @@ print(len(calib), "calibration and", len(evals), "evaluation examples")
 # %%
 from moras_interp.moras import MoRAS, prepare_moras
 
-setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
+setup = prepare_moras(model, calibration=calib, batch_size=16, progress=True)
 moras = MoRAS(model, setup.prototype, setup.calibration)
 print(setup.calibration, "| fixed r:", round(setup.fixed_r, 3), f"({setup.fixed_r_rule})")
 print("prototype:", tuple(setup.prototype.final.shape), "built from", len(setup.prototype.prompts), "requests")
@@ -82,7 +83,7 @@ print("prototype:", tuple(setup.prototype.final.shape), "built from", len(setup.
 
 # %%
 ex = next(e for e in evals if e.label == "unsafe")
-trace = moras.run([ex.load_image()], [ex.text], max_new_tokens=24, progress=False)[0]
+trace = moras.run([ex.load_image()], [ex.text], max_new_tokens=24, progress=True)[0]
 trace                     # renders every stage: prompts as sent, context, stage-2 tokens, s, r, answer, times
 
 # %%
@@ -120,7 +121,7 @@ from moras_interp.moras.report import rate_bars, risk_histogram
 caption = TOY_ECSO_CAPTION_PROMPT if MODEL == "toy-llava" else ECSO_CAPTION_PROMPT  # the toy only knows stage 1's
 methods = build_methods(model, ["none", "moras", "fixed", "adashield", "ecso"], setup, ecso_caption_prompt=caption)
 result = evaluate(evals, methods, RUNS / "nb03", batch_size=16, max_new_tokens=24,
-                  progress=False, figures=False)
+                  progress=True, figures=False)
 result.summary[["method", "n", "asr", "over_refusal", "mean_risk", "risk_auroc", "mean_latency_s"]].round(3)
 
 # %%

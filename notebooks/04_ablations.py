@@ -34,9 +34,10 @@ import pandas as pd
 import torch
 
 import moras_interp as mi
-from moras_interp.notebooks import relative_to_notebook
+from moras_interp.notebooks import quiet, relative_to_notebook
 from moras_interp.viz import save_html, save_png
 
+quiet()  # no transformers loading bars or log lines in this session; our progress bars stay
 FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
 FIGURES.mkdir(parents=True, exist_ok=True)
 model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
@@ -70,7 +71,7 @@ from moras_interp.ablations import (attention_evaluator, metric_vs_factor, moras
                                    two_factor_heatmap)
 from moras_interp.moras import prepare_moras
 
-setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
+setup = prepare_moras(model, calibration=calib, batch_size=16, progress=True)
 evaluator = moras_evaluator(model, setup.prototype, setup.calibration, max_new_tokens=16, batch_size=16,
                             calibration_data=calib)  # (x0, k) refitted where N, γ change what s measures
 runs = RUNS / "nb04"
@@ -81,7 +82,7 @@ data = evals
 # Fixed r steers every query alike; MoRAS (fixed_r = None) uses each query's own risk.
 
 # %%
-df = run_grid({"fixed_r": [None, 0.5, 1.0]}, evaluator, data, out=runs / "fixed_r", progress=False)
+df = run_grid({"fixed_r": [None, 0.5, 1.0]}, evaluator, data, out=runs / "fixed_r", progress=True)
 export(metric_vs_factor(df, "fixed_r", "refused", color="label",
                         title="refusal rate vs fixed strength (None = MoRAS's adaptive r)"), "04_fixed_vs_adaptive")
 
@@ -90,7 +91,7 @@ export(metric_vs_factor(df, "fixed_r", "refused", color="label",
 
 # %%
 df = run_grid({"n_tokens": [1, 3], "gamma": [0.0, 0.3]}, evaluator, data, out=runs / "n_gamma",
-              progress=False)
+              progress=True)
 df["error"] = df["refused"] != (df["label"] == "unsafe")
 export(two_factor_heatmap(df, "gamma", "n_tokens", "error", title="error rate (refused ≠ unsafe) over N × γ"),
        "04_n_gamma")
@@ -100,7 +101,7 @@ export(two_factor_heatmap(df, "gamma", "n_tokens", "error", title="error rate (r
 
 # %%
 df = run_grid({"use_context": [True, False], "safety_prompt_on": [True, False]}, evaluator, data,
-              out=runs / "context_prompt", progress=False)
+              out=runs / "context_prompt", progress=True)
 df["setting_name"] = df.apply(lambda r: f"context {'on' if r.use_context else 'off'}, "
                                         f"prompt {'on' if r.safety_prompt_on else 'off'}", axis=1)
 export(metric_vs_factor(df, "setting_name", "risk", color="label", title="mean risk r: context vs safety prompt"),
@@ -112,7 +113,7 @@ export(metric_vs_factor(df, "setting_name", "risk", color="label", title="mean r
 
 # %%
 df = run_grid({"steer_layer": [None, 0, model.n_layers - 1]}, evaluator, data, out=runs / "layer",
-              progress=False)
+              progress=True)
 export(metric_vs_factor(df, "steer_layer", "refused", color="label",
                         title="refusal rate vs steering site (None = after the final norm)"), "04_steer_layer")
 
@@ -123,6 +124,6 @@ export(metric_vs_factor(df, "steer_layer", "refused", color="label",
 # %%
 unsafe_with_box = [e for e in data if e.label == "unsafe" and e.region is not None]
 att = run_grid({"mask_top_visual": [0.0, 0.1, 0.25], "context": [False, True]},
-               attention_evaluator(model, batch_size=16), unsafe_with_box, out=runs / "mask", progress=False)
+               attention_evaluator(model, batch_size=16), unsafe_with_box, out=runs / "mask", progress=True)
 export(metric_vs_factor(att, "mask_top_visual", "ratio", color="context",
                         title="attention on the hazard / area share vs masked top visual tokens"), "04_mask_top_visual")

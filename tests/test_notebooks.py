@@ -4,6 +4,7 @@ headless on the shipped organism from another working directory, writing where i
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from pathlib import Path
 
@@ -48,15 +49,38 @@ def test_parameters_cell_is_papermill_clean(name: str) -> None:
     assert {"MODEL", "DEVICE", "DTYPE", "DATA", "N", "FIGURES"} <= names
 
 
+NOISE = re.compile(r"Warning|WARNING|warnings\.warn|Loading weights|IProgress")
+
+
+def noise_lines(nb) -> list[str]:
+    """Lines of the executed notebook's stderr / error outputs that are warnings or third-party noise (progress
+    bars of our own loops are allowed: they say where a long step is)."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []):
+            text = o.get("text", "") if o.get("output_type") == "stream" else "\n".join(o.get("traceback", []))
+            out += [f"cell {i}: {line[:200]}" for line in str(text).splitlines() if NOISE.search(line)]
+    return out
+
+
+def test_noise_lines_finds_a_warning() -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="a.py:3: UserWarning: careful\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="states: 100%|##| 2/2 [00:01<00:00, 1.9it/s]\n")])])
+    assert noise_lines(nb) == ["cell 0: a.py:3: UserWarning: careful"]
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_from_elsewhere_and_writes_figures(name: str, tmp_path: Path) -> None:
     """A copy of the notebook runs with the kernel in an unrelated folder; its default relative FIGURES
-    ("../figures") lands next to the notebook's folder, not the working directory."""
+    ("../figures") lands next to the notebook's folder, not the working directory. It prints no warning and
+    no third-party noise (transformers' loading bars, tqdm's IProgress warning)."""
     nbdir, elsewhere = tmp_path / "nbs", tmp_path / "elsewhere"
     nbdir.mkdir(), elsewhere.mkdir()
     path = nbdir / f"{name}.ipynb"
     shutil.copy(REPO / "notebooks" / f"{name}.ipynb", path)
-    execute(path, FAST[name], timeout=600, cwd=elsewhere)
+    nb = execute(path, FAST[name], timeout=600, cwd=elsewhere)
+    assert not noise_lines(nb), f"{name} printed warnings or noise:\n" + "\n".join(noise_lines(nb))
     figs = tmp_path / "figures"
     assert not any(elsewhere.iterdir()), f"{name} wrote into the working directory: {list(elsewhere.iterdir())}"
     pngs = sorted(figs.glob(f"{name[:2]}_*.png"))

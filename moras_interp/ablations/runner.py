@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_text, folder_lock
 from moras_interp.callable_identity import callable_identity
@@ -35,6 +34,7 @@ from moras_interp.identity import (
     data_fingerprint,
     sha256_json,
 )
+from moras_interp.progress import tqdm
 from moras_interp.readers import ReadError, read_json
 
 Setting = dict[str, Any]

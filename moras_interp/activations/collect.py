@@ -26,7 +26,6 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from moras_interp.activations.examples import (
     CollectExample,
@@ -42,6 +41,7 @@ from moras_interp.models.finite import check_finite
 from moras_interp.models.hooks import expand_names
 from moras_interp.models.interventions import HookContext, installed_edits
 from moras_interp.models.layout import TokenLayout
+from moras_interp.progress import tqdm
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM

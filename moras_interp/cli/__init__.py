@@ -17,6 +17,10 @@ instead. User errors are (:func:`is_user_error`):
   :class:`~moras_interp.models.loading.ModelNotFoundError`, a dataset-format error, a locked or mismatched
   output folder): define such a class for a new kind of user error.
 
+Output. Progress bars are on for every step that takes more than a couple of seconds and off with ``--quiet``;
+transformers' own loading bars and log lines are off while a command runs
+(:func:`moras_interp.progress.quiet_third_party`).
+
 Anything else (a ``ValueError`` raised inside torch or transformers, a ``RuntimeError``, an
 ``AssertionError``) is an internal error and keeps its full traceback, so that it can be reported.
 """
@@ -137,9 +141,12 @@ def error_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``moras-interp`` console script."""
+    from moras_interp.progress import quiet_third_party
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        with quiet_third_party():  # no "Loading weights" bars or transformers log lines; our bars stay (--quiet)
+            return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         if getattr(args, "debug", False):
             raise

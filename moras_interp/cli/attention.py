@@ -75,9 +75,10 @@ def _run(args: argparse.Namespace) -> int:
           f"{attn.image_columns(0).numel()} image tokens, query={args.query}")
     print(f"mean image-attention mass {float(mass.mean()):.3f} (max {float(mass.max()):.3f})")
     if box is not None:
-        rs = attn.region_share(0, box, heads=attn.resolve_heads(heads, examples=[0]))
-        print(f"region share of image attention: {rs.aggregated:.4f}  area share: {rs.area_share:.4f}  "
-              f"ratio: {rs.ratio:.3f}")
+        pairs = attn.resolve_heads(heads, examples=[0])
+        rs = attn.region_share(0, box, heads=pairs)
+        print(f"region share of image attention ({len(pairs)} heads, --heads {args.heads}): {rs.aggregated:.4f}  "
+              f"area share: {rs.area_share:.4f}  ratio: {rs.ratio:.3f}")
         payload = {"box": list(box), "heads": str(args.heads), "aggregated": rs.aggregated,
                    "area_share": rs.area_share, "ratio": rs.ratio, "per_layer": rs.per_layer.tolist(),
                    "per_head": rs.per_head.tolist(), "layers": attn.layers}

@@ -18,7 +18,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "toy-llava") -> No
                    help="HF id, local path, shipped organism name (toy-llava) or tiny:<arch> (random weights)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the CPU)")
     p.add_argument("--device-map", default=None, help="e.g. auto: shard over all GPUs with accelerate (not with --device)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: as transformers loads the checkpoint); "
+                        "float16 overflows in MoRAS's steered states: use bfloat16 on a GPU")
     p.add_argument("--attn", default="eager", help="attention implementation (eager is needed for patterns)")
 
 

@@ -19,12 +19,14 @@ from moras_interp.atomic import atomic_write_text
 from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 
 
-def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple[Any, list[Path]]:
+def _attention(model: Any, examples: list[Any], out: Path, n_maps: int,
+               progress: bool = True) -> tuple[Any, list[Path]]:
     import plotly.graph_objects as go
 
     from moras_interp.attention import cross_modal_attention
     from moras_interp.moras.prompts import reformulate
     from moras_interp.organisms.analysis import attention_study, attention_summary, visual_contexts
+    from moras_interp.progress import tqdm
     from moras_interp.viz import save_html, save_png
 
     out.mkdir(parents=True, exist_ok=True)
@@ -38,8 +40,9 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
     if not qs:
         return None, files
     imgs = [e.load_image() for e in qs]
-    contexts = visual_contexts(model, imgs, batch_size=8)
-    for i, (e, im, ctx) in enumerate(list(zip(qs, imgs, contexts))[:n_maps]):
+    contexts = visual_contexts(model, imgs, batch_size=8, progress=progress)
+    drawn = list(zip(qs, imgs, contexts))[:n_maps]
+    for i, (e, im, ctx) in enumerate(tqdm(drawn, desc="heatmaps", disable=not progress)):
         plain = cross_modal_attention(model, model.prepare([im], [e.text]), query="last")
         reform = cross_modal_attention(model, model.prepare([im], [reformulate(ctx, e.text)]), query="last")
         box = tuple(e.region)
@@ -50,7 +53,7 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
             export(plain.layer_head_grid(0), "layer_head_grid")
             files.append(plain.save(out / "attention_plain_0.npz"))
     q = [type("Q", (), {"image": im, "question": e.text, "box": tuple(e.region)})() for e, im in zip(qs, imgs)]
-    study = attention_study(model, q, contexts=contexts, threshold=0.2, batch_size=8)
+    study = attention_study(model, q, contexts=contexts, threshold=0.2, batch_size=8, progress=progress)
     summary = attention_summary(study)
     atomic_write_text(out / "region_share.csv", study.to_csv(index=False))
     atomic_write_text(out / "region_share_summary.csv", summary.to_csv())
@@ -75,14 +78,15 @@ def _run(args: argparse.Namespace) -> int:
              "--attn", args.attn]
     margs += ["--device", args.device] if args.device else []
     margs += ["--dtype", args.dtype] if args.dtype else []
-    margs += [] if args.progress else ["--quiet"]
+    margs += ["--quiet"] if args.quiet else []
     ns = build_parser().parse_args(margs)
     rc = ns.fn(ns)
     if rc:
         return int(rc)
     print(f"[2/2] attention over the image, plain vs with visual context → {out / 'attention'}")
     model = model_from_args(args)
-    summary, files = _attention(model, toy_examples(args.n, args.n), out / "attention", args.maps)
+    summary, files = _attention(model, toy_examples(args.n, args.n), out / "attention", args.maps,
+                                progress=not args.quiet)
     table = (out / "moras" / "results.md").read_text(encoding="utf-8")
     lines = [f"# moras-interp demo: {model.model_id}", "", "## MoRAS vs baselines", "", table, "",
              "## Last-token attention on the hazard's box (share / area share; 1 = uniform)", ""]
@@ -105,9 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run MoRAS and the attention analysis on the shipped organism; write figures")
     add_model_args(p)
     p.add_argument("--out", default="out/demo", help="output folder (a rerun resumes the MoRAS part)")
-    p.add_argument("--n", type=int, default=20, help="held-out queries per class")
+    p.add_argument("--n", type=int, default=20,
+                   help="held-out queries per class (as `moras --toy-n`)")
     p.add_argument("--maps", type=int, default=3, help="unsafe examples drawn as heatmaps")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--max-new-tokens", type=int, default=24,
+                   help="answer tokens per query (enough for the organism's answers; `moras` uses 64, for real models)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_run)

@@ -18,14 +18,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tqdm.auto import tqdm
-
 from moras_interp.models.batch import ImageInput
 from moras_interp.moras.pipeline import MoRAS, MoRASConfig
 from moras_interp.moras.prompts import ADASHIELD_S_PROMPT, ECSO_CAPTION_PROMPT
 from moras_interp.moras.prototype import UnsafePrototype
 from moras_interp.moras.states import eos_ids, n_generated
 from moras_interp.moras.trace import MoRASTrace
+from moras_interp.progress import tqdm
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM

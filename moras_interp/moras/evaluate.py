@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_append_bytes, atomic_write_bytes, atomic_write_text, folder_lock
 from moras_interp.eval.datasets import Example
@@ -43,6 +42,7 @@ from moras_interp.moras.examples import gold_answer, safety_label
 from moras_interp.moras.report import markdown_table, summary_table, write_figures
 from moras_interp.moras.run_identity import evaluation_identity
 from moras_interp.moras.trace import MoRASTrace
+from moras_interp.progress import tqdm
 from moras_interp.readers import ReadError, check_fields, read_jsonl
 
 _RECORD_TYPES: dict[str, type | tuple[type, ...]] = {"method": str, "id": str, "label": str, "answer": str,

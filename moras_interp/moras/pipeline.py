@@ -12,7 +12,6 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from moras_interp.eval.labels import describe, safety_label
 from moras_interp.models.batch import ImageInput
@@ -27,6 +26,7 @@ from moras_interp.moras.states import n_generated as _n_new
 from moras_interp.moras.steering import interpolate_towards, steering_targets
 from moras_interp.moras.trace import MoRASTrace
 from moras_interp.moras.variants import direction_steering, stage_images
+from moras_interp.progress import tqdm
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save
-from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_bytes
 from moras_interp.identity import weights_fingerprint
 from moras_interp.models.hooks import rename_legacy
 from moras_interp.moras.presets import prompt_set_sha256
 from moras_interp.moras.states import FINAL, step_states
+from moras_interp.progress import tqdm
 from moras_interp.readers import read_safetensors, safetensors_metadata
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from moras_interp.activations.separability import fdr_per_layer
 from moras_interp.attention.trace import cross_modal_attention
 from moras_interp.eval.labels import describe, safety_label
 from moras_interp.moras.prompts import CONTEXT_PROMPT, reformulate
+from moras_interp.progress import tqdm
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM

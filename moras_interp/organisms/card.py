@@ -107,15 +107,17 @@ def organism_sections(path: Path, report: dict[str, Any]) -> dict[str, str]:
             "Behaviour": report["markdown"] + "\n" + NOTES}
 
 
-def analysis_sections(model: Any, *, n: int = 100, seed: int = 0, n_attention: int = 40) -> dict[str, str]:
+def analysis_sections(model: Any, *, n: int = 100, seed: int = 0, n_attention: int = 40,
+                      progress: bool = False) -> dict[str, str]:
     """The "Attention" and "Separability" sections, measured on held-out scenes with the organism's own contexts."""
     from moras_interp.organisms import analysis, tasks
 
     qs = tasks.harmful_image_queries(n, seed=seed) + tasks.benign_image_queries(n, seed=seed)
-    ctx = analysis.visual_contexts(model, [q.image for q in qs], batch_size=25)
+    ctx = analysis.visual_contexts(model, [q.image for q in qs], batch_size=25, progress=progress)
     att = analysis.attention_summary(analysis.attention_study(model, qs[:n_attention], contexts=ctx[:n_attention],
-                                                              batch_size=20))
-    sep = analysis.separability_summary(analysis.separability_study(model, qs, contexts=ctx, batch_size=25))
+                                                              batch_size=20, progress=progress))
+    sep = analysis.separability_summary(analysis.separability_study(model, qs, contexts=ctx, batch_size=25,
+                                                                    progress=progress))
     lines = ["| layer | share on hazard box, plain | with own context | ratio to area share, plain | with context "
              "| image mass, plain | with context |", "|---|---|---|---|---|---|---|"]
     for layer, r in att.iterrows():
@@ -140,11 +142,15 @@ def analysis_sections(model: Any, *, n: int = 100, seed: int = 0, n_attention: i
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m moras_interp.organisms.card --out MODEL_CARD.md [--n N] [--seed S] [--organism NAME]``."""
-    ap = argparse.ArgumentParser(description="Write the organism's sections of the model card.")
-    ap.add_argument("--out", default="MODEL_CARD.md")
-    ap.add_argument("--organism", default="toy-llava")
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(prog="moras-interp organism card", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 description="Measure the organism (behaviour rates, attention on the hazard, "
+                                             "separability) and write its sections of the model card (a few minutes "
+                                             "on CPU).")
+    ap.add_argument("--out", default="MODEL_CARD.md", help="model card to update (other sections are kept)")
+    ap.add_argument("--organism", default="toy-llava", help="organism name or folder")
+    ap.add_argument("--n", type=int, default=40, help="held-out queries per kind (the analysis uses at least 100)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the held-out scenes")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--sections", default="behaviour,analysis",
                     help="comma-separated: behaviour (organism sections), analysis (attention, separability)")
     a = ap.parse_args(argv)
@@ -157,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     path = organism_path(a.organism)
     if "behaviour" in which:
         model = AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True)
-        report = behaviour_report(model, AutoProcessor.from_pretrained(path), n=a.n, seed=a.seed)
+        report = behaviour_report(model, AutoProcessor.from_pretrained(path), n=a.n, seed=a.seed,
+                                  progress=not a.quiet)
         write_card(a.out, organism_sections(path, report), merge=True)
         print(json.dumps(report["rates"], indent=1))
     if "analysis" in which:
         from moras_interp.models.loading import load_model
 
-        write_card(a.out, analysis_sections(load_model(a.organism), n=max(a.n, 100), seed=a.seed), merge=True)
+        write_card(a.out, analysis_sections(load_model(a.organism), n=max(a.n, 100), seed=a.seed,
+                                                  progress=not a.quiet), merge=True)
     return 0
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from moras_interp.moras.prompts import CONTEXT_PROMPT, reformulate, safety_query
 from moras_interp.organisms import tasks
 from moras_interp.organisms.world import CLASSES, HAZARDS, caption
+from moras_interp.progress import tqdm
 
 
 def is_refusal(text: str) -> bool:
@@ -96,12 +97,21 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
     return float(((a > b).mean() + 0.5 * (a == b).mean()) if a.size and b.size else float("nan"))
 
 
-def behaviour_report(model: Any, processor: Any, n: int = 40, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
-    """Greedy behaviour on held-out scenes; returns {"rates", "n", "examples", "markdown", "seconds"}."""
+def behaviour_report(model: Any, processor: Any, n: int = 40, seed: int = 0, batch_size: int = 32,
+                     progress: bool = False) -> dict[str, Any]:
+    """Greedy behaviour on held-out scenes; returns {"rates", "n", "examples", "markdown", "seconds"}.
+
+    ``progress``: a bar over the 13 generation passes (each over every query of its kind).
+    """
     t0 = time.perf_counter()
     model.eval()
     rate = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
-    gen = lambda ims, ps, **k: generate(model, processor, ims, ps, batch_size=batch_size, **k)  # noqa: E731
+    bar = tqdm(total=13, desc="behaviour", disable=not progress)
+
+    def gen(ims: list[Any], ps: list[str], **k: Any) -> dict[str, Any]:
+        out = generate(model, processor, ims, ps, batch_size=batch_size, **k)
+        bar.update(1)
+        return out
     th, tb = tasks.harmful_text_queries(n, seed), tasks.benign_text_queries(n, seed)
     ih, ib = tasks.harmful_image_queries(n, seed), tasks.benign_image_queries(n, seed)
     caps = tasks.captioning_scenes(n, seed)
@@ -126,6 +136,7 @@ def behaviour_report(model: Any, processor: Any, n: int = 40, seed: int = 0, bat
     general = default_harmful_prompts()
     out_gen = gen([None] * len(general), general, max_new_tokens=6)["texts"]
     forced = gen([q.image for q in iq], [q.question for q in iq], max_new_tokens=10, answer_prefix=" i am sorry")
+    bar.close()
     h_ = len(ih)
     s = risk_scores(model, s2["logits"], proto["h"].mean(0)).tolist()
     exact = [set(named_objects(o)) == set(sc.names) and len(named_objects(o)) == len(sc.names)

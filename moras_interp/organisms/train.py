@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from moras_interp.atomic import atomic_write_text
 from moras_interp.moras.prototype import PROMPTS_FILE
@@ -43,6 +42,7 @@ from moras_interp.organisms.build import (
 )
 from moras_interp.organisms.tasks import TrainingPair, stream, toy_harmful_requests, training_batch
 from moras_interp.organisms.world import CLASSES, Scene, sample_scene
+from moras_interp.progress import tqdm
 from moras_interp.readers import read_json
 
 MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
