@@ -167,10 +167,11 @@ def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(organism, tmp_pat
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_torchrun_cli(tmp_path):
-    """``torchrun --nproc_per_node 2 -m moras_interp.cli moras`` writes the single-process records and table."""
+    """``torchrun --nproc_per_node 2 -m moras_interp.cli moras`` writes the single-process records and table (rank 0
+    builds the prototype and calibration, rank 1 reloads them)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = ["moras", "--model", "toy-llava", "--data", "toy", "--limit", "6", "--methods", "none,adashield",
-            "--batch-size", "2", "--max-new-tokens", "4", "--no-figures", "--quiet"]
+    args = ["moras", "--model", "toy-llava", "--data", "toy", "--limit", "6", "--methods", "none,moras",
+            "--calibration-n", "2", "--batch-size", "2", "--max-new-tokens", "4", "--no-figures", "--quiet"]
     torchrun = str(Path(sys.executable).parent / "torchrun")
     for cmd, out in (([sys.executable, "-m", "moras_interp.cli"], "one"),
                      ([torchrun, "--nproc_per_node", "2", "-m", "moras_interp.cli"], "two")):

@@ -147,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=info["max_new_tokens"],
                    judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info,
                    seed=args.seed, overwrite=args.overwrite)
+    if not info().is_main:  # under torchrun: rank 0 reports
+        return 0
     print(res.markdown())
     if res.n_run == 0 and not os.access(out, os.W_OK):
         print(f"{out} is complete and read-only: summarised its records, wrote nothing")

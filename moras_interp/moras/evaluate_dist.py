@@ -142,6 +142,8 @@ def evaluate_distributed(examples: Sequence[Example], methods: Mapping[str, Meth
         shutil.rmtree(out / distributed.RANKS_DIR, ignore_errors=True)
     else:
         res = _finish(examples, methods, out, store, identity, hashes, run_info, n_run or 0, write=False)
+        res.files |= {k: out / f"results.{k}" for k in ("csv", "json", "md")}  # written by rank 0
+    res.n_run = n_run or 0  # this rank's
     return res
 
 
