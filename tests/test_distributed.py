@@ -69,13 +69,22 @@ def _log(path: Path, lines: list[str]) -> None:
         fh.write("".join(line + "\n" for line in lines))
 
 
-def _job(out: Path, log: Path, kill_eval_at: int | None = None) -> None:
-    """Collect activations, evaluate two methods and run a 3-setting grid into ``out`` (any number of ranks)."""
+def _job(out: Path, log: Path, kill: str | None = None) -> None:
+    """Collect activations, evaluate two methods and run a 3-setting grid into ``out`` (any number of ranks).
+    ``kill="collect"``: rank 1 SIGKILLs itself after writing its first shard; ``"eval"``: at its second batch."""
+    rank1 = distributed.info().rank == 1
     exs = toy_examples(3, 3)
+
+    def on_shard(k: int, store: Any) -> None:
+        _log(log, [f"collect {k}"])
+        if kill == "collect" and rank1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     collect_activations(MODEL, exs, names="blocks.*.hook_resid_post", batch_size=2, shard_size=2, out=out / "acts",
-                        progress=False, on_shard=lambda k, s: _log(log, [f"collect {k}"]))
-    kill = kill_eval_at if distributed.info().rank == 1 else None
-    methods = {"none": _Logged(NoDefence(MODEL), "none", log, kill), "adashield": _Logged(AdaShieldS(MODEL), "adashield", log, kill)}
+                        progress=False, on_shard=on_shard)
+    kill_at = 2 if kill == "eval" and rank1 else None
+    methods = {"none": _Logged(NoDefence(MODEL), "none", log, kill_at),
+               "adashield": _Logged(AdaShieldS(MODEL), "adashield", log, kill_at)}
     evaluate(exs, methods, out / "eval", batch_size=2, max_new_tokens=4, progress=False, figures=False)
 
     def score(setting: dict[str, Any], data: list[Any]) -> list[dict[str, Any]]:
@@ -88,19 +97,19 @@ def _job(out: Path, log: Path, kill_eval_at: int | None = None) -> None:
     run_grid({"k": [1, 2, 3]}, score, exs, out=out / "grid", progress=False)
 
 
-def _child(rank: int, world: int, port: int, out: Path, log: Path, kill_eval_at: int | None) -> None:
+def _child(rank: int, world: int, port: int, out: Path, log: Path, kill: str | None) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    _job(out, log.with_suffix(f".rank{rank}.log"), kill_eval_at)
+    _job(out, log.with_suffix(f".rank{rank}.log"), kill)
 
 
-def _launch(world: int, out: Path, log: Path, kill_eval_at: int | None = None) -> list[int | None]:
+def _launch(world: int, out: Path, log: Path, kill: str | None = None) -> list[int | None]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_child, args=(r, world, port, out, log, kill_eval_at)) for r in range(world)]
+    procs = [ctx.Process(target=_child, args=(r, world, port, out, log, kill)) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -153,16 +162,54 @@ def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(organism, tmp_pat
     by_rank = [Counter(p.read_text().splitlines()) for p in sorted((tmp_path / "logs").glob("*.log"))]
     assert len(by_rank) == 2 and all(by_rank) and sum(by_rank, Counter()) == expected  # split, nothing twice
 
+    # rank 1 is SIGKILLed after its first shard; then, resumed, at its second evaluation batch; then resumed again
     shutil.rmtree(tmp_path / "logs")
     (tmp_path / "logs").mkdir()
-    codes = _launch(2, tmp_path / "killed", tmp_path / "logs/first", kill_eval_at=2)  # rank 1 dies at its 2nd batch
+    job, logs = tmp_path / "killed", tmp_path / "logs"
+    codes = _launch(2, job, logs / "first", kill="collect")
     assert codes[1] == -signal.SIGKILL and codes[0] != 0
-    first = _computed(tmp_path / "logs")
-    assert 0 < sum(k.startswith("eval") for k in first.elements()) < 12 and not any(k.startswith("grid") for k in first)
-    assert (tmp_path / "killed/eval/ranks").is_dir()  # the ranks' records wait there for the merge
-    assert _launch(2, tmp_path / "killed", tmp_path / "logs/second") == [0, 0]
-    assert _computed(tmp_path / "logs") == expected  # the resumed job recomputed nothing of the first
-    _same_outputs(tmp_path / "single", tmp_path / "killed")
+    assert _computed(logs) == Counter({"collect 0": 1, "collect 1": 1, "collect 2": 1})  # rank 0: 0, 2; rank 1: 1
+    assert (job / "acts/ranks/rank1/shards.json").is_file()  # rank 1's shard, waiting to be adopted
+    shutil.copytree(job, tmp_path / "copy1")
+    codes = _launch(2, job, logs / "second", kill="eval")
+    assert codes[1] == -signal.SIGKILL and codes[0] != 0
+    done = _computed(logs)
+    assert sum(done.values()) - 3 == sum(k.startswith("eval") for k in done) and 0 < sum(done.values()) - 3 < 12
+    assert (job / "eval/ranks").is_dir() and not (job / "acts/ranks").exists()  # shards adopted, records wait
+    shutil.copytree(job, tmp_path / "copy2")
+    after_second = Counter(done)
+    assert _launch(2, job, logs / "third") == [0, 0]
+    assert _computed(logs) == expected  # every unit of work exactly once over the three jobs
+    _same_outputs(tmp_path / "single", job)
+
+    for copy, before in ((tmp_path / "copy1", Counter({"collect 0": 1, "collect 1": 1, "collect 2": 1})),
+                         (tmp_path / "copy2", after_second)):  # one process resumes what the ranks left
+        log = tmp_path / f"{copy.name}.resume.log"
+        _single(copy, log)
+        assert before + Counter(log.read_text().splitlines()) == expected
+        _same_outputs(tmp_path / "single", copy)
+
+
+def test_launch_variables(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert distributed.info() == distributed.DistInfo(0, 1, 0) and not distributed.info().enabled
+    assert distributed.local_device("cuda") == "cuda"
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    d = distributed.info()
+    assert d.enabled and not d.is_main and d.mine(list(range(7))) == [1, 4]
+    assert distributed.local_device("cuda") == "cuda:1" and distributed.local_device("cuda:0") == "cuda:0"
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(RuntimeError, match="need 0 <= RANK < WORLD_SIZE"):
+        distributed.info()
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(RuntimeError, match="RANK='one' is not an integer"):
+        distributed.info()
+    monkeypatch.delenv("RANK")
+    with pytest.raises(RuntimeError, match="RANK is not set"):
+        distributed.info()
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
