@@ -15,6 +15,7 @@ computed for the last position only unless ``hook_logits`` is requested. Shards 
 are written atomically (see :class:`ActivationStore`), so a killed run resumes where it stopped; reopening
 with another model (weights fingerprint), processor, dataset, hooks, positions, dtype, shard size or prompt
 format is refused, and a second process collecting into the same folder gets a clear error (folder lock).
+Under ``torchrun`` the ranks share the shards of one store (:mod:`moras_interp.activations.collect_dist`).
 """
 
 from __future__ import annotations

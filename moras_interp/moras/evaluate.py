@@ -11,6 +11,8 @@ Layout of ``out``::
     .lock            the folder lock: one writer at a time (:func:`moras_interp.atomic.folder_lock`)
     results.csv / results.json / results.md    the per-method table (:func:`report.summary_table`)
     figures/         rates.{html,png}, risk_<method>.{html,png}
+    ranks/           only while a multi-process (torchrun) run is unfinished: each rank's own records, merged
+                     into records.jsonl in single-process order by rank 0 (:mod:`moras_interp.moras.evaluate_dist`)
 
 Re-running with the same ``out`` skips every (method, example id) already in ``records.jsonl`` — only when the
 run identity is equal and the example's content (text, label, image bytes, metadata; ``example_sha256`` in each
