@@ -9,8 +9,9 @@ their work across the ranks. Without these variables (or with ``WORLD_SIZE=1``) 
 
 Sharding is **round-robin over the pending units in the single-process order**: unit ``i`` of the list of
 units still to do (a batch of one method for ``evaluate``, a shard for ``collect_activations``, a setting for
-``run_grid``) goes to rank ``i % K``; every rank computes the same list from the same files after a barrier,
-so the split needs no communication and is the same on every rank. A unit is computed exactly as a single
+``run_grid``) goes to rank ``i % K``; every rank computes the same list from the same files, read between two
+barriers (the first after rank 0's checks and repairs, the second before any rank writes), so the split needs
+no communication and is the same on every rank. A unit is computed exactly as a single
 process computes it (same examples in the same batch), so merged results are identical.
 
 Control messages (errors, barriers) go over a CPU ``gloo`` group, also when the default group is NCCL (GPU

@@ -126,14 +126,14 @@ def _run_distributed(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dat
                 check_or_write(out, ident, overwrite, artefacts=("settings", "results.csv"))
                 (out / "settings").mkdir(parents=True, exist_ok=True)
 
-        def setup_rank() -> None:
+        def setup_rank() -> list[Setting]:  # read before the barrier: no rank writes until all have read
             if not d.is_main:
                 check_or_write_readonly(out, ident)
             locks.enter_context(folder_lock(distributed.rank_dir(out, d.rank)))
+            return [s for s in settings_of(factors) if _cached(out / "settings", s, dataset, fp) is None]
 
         distributed.agree(setup_main, "run_grid: rank 0 checks the folder")
-        distributed.agree(setup_rank, "run_grid: ranks check the identity")
-        todo = [s for s in settings_of(factors) if _cached(out / "settings", s, dataset, fp) is None]
+        todo = distributed.agree(setup_rank, "run_grid: ranks check the identity and read the cache") or []
         distributed.agree(lambda: _run({}, evaluate, dataset, out, fp, progress and d.is_main, settings=d.mine(todo),
                                        write=False), "run_grid: ranks evaluate their settings")
     distributed.agree(None, "run_grid: ranks release their folders")
