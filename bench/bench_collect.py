@@ -72,12 +72,12 @@ def hf_loop(model: MLLM, data: list[dict[str, Any]], batch_size: int, keep1: boo
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    shape = (FULL if args.full else SMALL).with_layers(args.layers)
-    device = "cuda" if args.full else "cpu"
-    dtype = torch.bfloat16 if args.full else torch.float32
-    if args.full and not torch.cuda.is_available():
+    shape = (getattr(args, "shape", None) or (FULL if args.full else SMALL)).with_layers(args.layers)
+    device = getattr(args, "device", None) or ("cuda" if args.full else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--full needs a CUDA GPU (the 7B shape in bf16 needs ~15 GiB).")
-    if not args.full:
+    if device == "cpu":
         torch.set_num_threads(args.threads)
     model = load_llava(shape, device, dtype)
     data = examples(args.n, shape.image)
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp_dir.cleanup()
     seq = model.prepare([data[0]["image"]], [data[0]["text"]]).input_ids.shape[1]
     return {"setting": "full (LLaVA-1.5-7B shape, GPU, bf16)" if args.full else "scaled-down LLaVA (CPU, fp32)",
-            "shape": shape.as_dict(), "device": device if not args.full else torch.cuda.get_device_name(0),
+            "shape": shape.as_dict(), "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else device,
             "threads": torch.get_num_threads(), "n_examples": args.n, "batch_size": args.batch_size,
             "shard_size": args.shard_size, "seq_len_first_example": seq, "repeats": args.repeats,
             "max_abs_diff_vs_hf": max_diff, "results": rows, "torch": torch.__version__,

@@ -16,15 +16,18 @@ refused with a per-field diff (``overwrite=True`` discards the cache). One write
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from moras_interp import distributed
 from moras_interp.atomic import atomic_write_text, folder_lock
 from moras_interp.callable_identity import callable_identity
 from moras_interp.identity import (
@@ -100,31 +103,78 @@ def run_grid(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Se
     if out is None:
         return _run(factors, evaluate, dataset, None, "", progress)
     ident = RunIdentity("ablation", data=dataset_identity(dataset), extra={"evaluator": evaluator_identity(evaluate)})
+    if distributed.info().enabled:  # torchrun / accelerate launch: the ranks share the settings
+        return _run_distributed(factors, evaluate, dataset, Path(out), ident, progress, overwrite)
     with folder_lock(out):
         check_or_write(out, ident, overwrite, artefacts=("settings", "results.csv"))
         return _run(factors, evaluate, dataset, Path(out), ident.fingerprint(), progress)
 
 
+def _run_distributed(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequence[Any], out: Path,
+                     ident: RunIdentity, progress: bool, overwrite: bool) -> pd.DataFrame:
+    """Rank 0 checks the folder; pending setting i is evaluated (and cached) by rank i % K
+    (:data:`moras_interp.distributed.SHARDING`); then every rank reads the table from the cache, rank 0 writes
+    ``results.csv``. A killed rank loses at most the setting it was evaluating."""
+    from moras_interp.moras.evaluate import check_or_write_readonly
+
+    d = distributed.info()
+    fp = ident.fingerprint()
+    with contextlib.ExitStack() as locks:
+        def setup_main() -> None:
+            if d.is_main:
+                locks.enter_context(folder_lock(out))
+                check_or_write(out, ident, overwrite, artefacts=("settings", "results.csv"))
+                (out / "settings").mkdir(parents=True, exist_ok=True)
+
+        def setup_rank() -> list[Setting]:  # read before the barrier: no rank writes until all have read
+            if not d.is_main:
+                check_or_write_readonly(out, ident)
+            locks.enter_context(folder_lock(distributed.rank_dir(out, d.rank)))
+            return [s for s in settings_of(factors) if _cached(out / "settings", s, dataset, fp) is None]
+
+        distributed.agree(setup_main, "run_grid: rank 0 checks the folder")
+        todo = distributed.agree(setup_rank, "run_grid: ranks check the identity and read the cache") or []
+        distributed.agree(lambda: _run({}, evaluate, dataset, out, fp, progress and d.is_main, settings=d.mine(todo),
+                                       write=False), "run_grid: ranks evaluate their settings")
+    distributed.agree(None, "run_grid: ranks release their folders")
+    if d.is_main:
+        shutil.rmtree(out / distributed.RANKS_DIR, ignore_errors=True)
+    return _run(factors, evaluate, dataset, out, fp, False, write=d.is_main)
+
+
+def _cached(cache_dir: Path, setting: Setting, dataset: Sequence[Any], fingerprint: str) -> list[Any] | None:
+    """The cached rows of ``setting`` (None when not cached); raises on a cache file of another run."""
+    path = cache_dir / f"{setting_key(setting)}.json"
+    if not path.exists():
+        return None
+    cached = read_json(path, what="an ablation cache file")
+    _check_seal(path, cached)
+    if cached.get("identity") != fingerprint or not isinstance(cached.get("rows"), list):
+        raise IdentityMismatchError(f"{path} was written by another run (identity "
+                                    f"{str(cached.get('identity'))[:12]}…, this run {fingerprint[:12]}…): "
+                                    "pass overwrite=True or use another folder.")
+    if cached.get("setting") == json.loads(json.dumps(setting, default=str)) and \
+            cached.get("n") == len(dataset) == len(cached["rows"]):
+        return cached["rows"]
+    return None
+
+
 def _run(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequence[Any], out: Path | None,
-         fingerprint: str, progress: bool) -> pd.DataFrame:
+         fingerprint: str, progress: bool, *, settings: list[Setting] | None = None, write: bool = True
+         ) -> pd.DataFrame:
     cache_dir = None
     if out is not None:
         cache_dir = out / "settings"
         cache_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for setting in tqdm(settings_of(factors), desc="ablation grid", disable=not progress):
+    for setting in tqdm(settings_of(factors) if settings is None else settings, desc="ablation grid",
+                        disable=not progress):
         key = setting_key(setting)
         path = cache_dir / f"{key}.json" if cache_dir is not None else None
-        if path is not None and path.exists():
-            cached = read_json(path, what="an ablation cache file")
-            _check_seal(path, cached)
-            if cached.get("identity") != fingerprint or not isinstance(cached.get("rows"), list):
-                raise IdentityMismatchError(f"{path} was written by another run (identity "
-                                            f"{str(cached.get('identity'))[:12]}…, this run {fingerprint[:12]}…): "
-                                            "pass overwrite=True or use another folder.")
-            if cached.get("setting") == json.loads(json.dumps(setting, default=str)) and \
-                    cached.get("n") == len(dataset) == len(cached["rows"]):
-                rows += cached["rows"]
+        if cache_dir is not None:
+            hit = _cached(cache_dir, setting, dataset, fingerprint)
+            if hit is not None:
+                rows += hit
                 continue
         res = evaluate(setting, dataset)
         if len(res) != len(dataset):
@@ -134,7 +184,7 @@ def _run(factors: dict[str, Sequence[Any]], evaluate: Evaluator, dataset: Sequen
             _write_json_atomic(path, {"setting": setting, "n": len(dataset), "identity": fingerprint, "rows": srows})
         rows += json.loads(json.dumps(srows, default=str)) if path is not None else srows
     df = pd.DataFrame(rows)
-    if out is not None:
+    if out is not None and write:
         atomic_write_text(out / "results.csv", df.to_csv(index=False))
     return df
 

@@ -15,6 +15,7 @@ computed for the last position only unless ``hook_logits`` is requested. Shards 
 are written atomically (see :class:`ActivationStore`), so a killed run resumes where it stopped; reopening
 with another model (weights fingerprint), processor, dataset, hooks, positions, dtype, shard size or prompt
 format is refused, and a second process collecting into the same folder gets a clear error (folder lock).
+Under ``torchrun`` the ranks share the shards of one store (:mod:`moras_interp.activations.collect_dist`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moras_interp import distributed
 from moras_interp.activations.examples import (
     CollectExample,
     examples_fingerprint,
@@ -205,7 +207,16 @@ def collect_activations(model: MLLM, dataset: Iterable[Any], *, names: str | Seq
     examples = normalise_dataset(dataset)
     dtype_name = str(dtype).removeprefix("torch.")
     manifest = _manifest(model, examples, hooks, pos_id, dtype_name, shard_size, chat, system, batch_size)
+    if out is not None and distributed.info().enabled:  # torchrun / accelerate launch: ranks share the shards
+        from moras_interp.activations.collect_dist import collect_distributed
+
+        return collect_distributed(model, examples, manifest, out, hooks, positions, batch_size, progress, chat,
+                                   system, on_shard)
     with nullcontext() if out is None else folder_lock(out):
+        if out is not None:
+            from moras_interp.activations.collect_dist import adopt_rank_shards
+
+            adopt_rank_shards(out, manifest)  # shards a killed multi-process run left in out/ranks/
         return _collect(model, examples, manifest, out, hooks, positions, batch_size, progress, chat, system, on_shard)
 
 
@@ -213,28 +224,36 @@ def _collect(model: MLLM, examples: list[CollectExample], manifest: dict[str, An
              hooks: list[str], positions: str | PositionFn, batch_size: int, progress: bool, chat: bool,
              system: str | None, on_shard: ShardCallback | None) -> ActivationStore:
     store = ActivationStore.open_or_create(out, manifest)
-    names_to_int = {n: i for i, n in enumerate(store.manifest["label_names"])}
     todo = store.missing_shards()
     done = len(examples) - sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in todo)
     with tqdm(total=len(examples), initial=done, unit="ex", desc="collect", disable=not progress) as bar:
         for k in todo:
-            start, stop = store.shard_range(k)
-            chunk = examples[start:stop]
-            rows: dict[str, list[torch.Tensor | None]] = {h: [None] * len(chunk) for h in hooks}
-            for group in _batches(chunk, batch_size):
-                batch = model.prepare([ex.load_images() or None for ex in group], [ex.text for ex in group],
-                                      chat=chat, system=system)
-                _check_layouts(group, batch.layouts, positions)
-                values = _forward_capture(model, batch, hooks, positions)
-                for h, v in values.items():
-                    _check_finite(v, h, group, model.dtype)
-                    for ex, row in zip(group, v):
-                        rows[h][ex.index - start] = row
-                bar.update(len(group))
-            tensors = {h: _stack(h, r, chunk) for h, r in rows.items()}  # type: ignore[arg-type]
-            tensors["labels"] = torch.tensor([names_to_int.get(ex.label, -1) for ex in chunk], dtype=torch.long)
-            tensors["index"] = torch.arange(start, stop, dtype=torch.long)
-            store.write_shard(k, tensors)
+            store.write_shard(k, compute_shard(model, examples, store, k, hooks, positions, batch_size, chat, system,
+                                               bar.update))
             if on_shard is not None:
                 on_shard(k, store)
     return store
+
+
+def compute_shard(model: MLLM, examples: list[CollectExample], store: ActivationStore, k: int, hooks: list[str],
+                  positions: str | PositionFn, batch_size: int, chat: bool, system: str | None,
+                  advance: Callable[[int], object] = lambda n: None) -> dict[str, torch.Tensor]:
+    """The tensors of shard ``k``: {hook: [n_in_shard, ...], "labels": [n_in_shard], "index": [n_in_shard]}."""
+    names_to_int = {n: i for i, n in enumerate(store.manifest["label_names"])}
+    start, stop = store.shard_range(k)
+    chunk = examples[start:stop]
+    rows: dict[str, list[torch.Tensor | None]] = {h: [None] * len(chunk) for h in hooks}
+    for group in _batches(chunk, batch_size):
+        batch = model.prepare([ex.load_images() or None for ex in group], [ex.text for ex in group],
+                              chat=chat, system=system)
+        _check_layouts(group, batch.layouts, positions)
+        values = _forward_capture(model, batch, hooks, positions)
+        for h, v in values.items():
+            _check_finite(v, h, group, model.dtype)
+            for ex, row in zip(group, v):
+                rows[h][ex.index - start] = row
+        advance(len(group))
+    tensors = {h: _stack(h, r, chunk) for h, r in rows.items()}  # type: ignore[arg-type]
+    tensors["labels"] = torch.tensor([names_to_int.get(ex.label, -1) for ex in chunk], dtype=torch.long)
+    tensors["index"] = torch.arange(start, stop, dtype=torch.long)
+    return tensors

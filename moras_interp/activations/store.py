@@ -101,14 +101,18 @@ class ActivationStore:
     (with a ``StoreWarning``) and must be recomputed.
     """
 
-    def __init__(self, root: str | os.PathLike | None, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: str | os.PathLike | None, manifest: dict[str, Any], *, owner: bool = True) -> None:
+        """``owner=False``: a rank of a multi-process collection that is not rank 0 (which owns the manifest):
+        the manifest is only read (identity-checked, not re-verified) and :meth:`write_shard` writes the shard
+        file but not the manifest (rank 0 adopts the shard with :meth:`adopt_shard`)."""
         self.root = None if root is None else Path(root)
         self.manifest = self._normalise(manifest)
         self._memory: dict[int, bytes] = {}
+        self._owner = owner
         if self.root is None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(_TMP_PREFIX + "*"):          # left by a run killed mid-write
+        for stale in self.root.glob(_TMP_PREFIX + "*") if owner else ():   # left by a run killed mid-write
             stale.unlink(missing_ok=True)
         path = self.root / MANIFEST
         if path.exists():
@@ -118,8 +122,10 @@ class ActivationStore:
                 raise ValueError(f"{self.root} holds activations from a different run:\n" + "\n".join(diffs)
                                  + "\nUse another directory, or delete this one to start over.")
             self.manifest["shards"] = old.get("shards", {})
-            self._verify()
-        self._write_manifest()
+            if owner:
+                self._verify()
+        if owner:
+            self._write_manifest()
 
     @classmethod
     def open_or_create(cls, root: str | os.PathLike | None, manifest: dict[str, Any]) -> ActivationStore:
@@ -272,8 +278,26 @@ class ActivationStore:
         else:
             _atomic_write(self._shard_path(k), data)
         self.manifest["shards"][str(k)] = {"sha256": sha, "n": want, "meta": meta}
-        self._write_manifest()
+        if self._owner:
+            self._write_manifest()
         return sha
+
+    def adopt_shard(self, k: int, entry: dict[str, Any]) -> bool:
+        """Record shard ``k`` written by another process (``entry`` = its manifest entry: sha256, n, meta) if
+        its file exists and matches the sha256 and the manifest (header check); else warn and return False
+        (it will be recomputed). Call :meth:`save_manifest` after adopting."""
+        path = self._shard_path(k)
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
+            warnings.warn(f"{path} is missing or does not match the sha256 its rank recorded: shard {k} will be "
+                          "recomputed.", StoreWarning, stacklevel=2)
+            return False
+        self.manifest["shards"][str(k)] = _jsonable(entry, "shard entry")
+        check_shard_header(self, k, path)
+        return True
+
+    def save_manifest(self) -> None:
+        """Rewrite ``manifest.json`` atomically (after :meth:`adopt_shard`)."""
+        self._write_manifest()
 
     def read_shard(self, k: int, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """The tensors of completed shard k: all, or only ``names`` (only those bytes are read from disk)."""

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from moras_interp.distributed import local_device
 from moras_interp.models.mllm import MLLM
 
 
@@ -16,7 +17,7 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "toy-llava") -> No
     """Add ``--model``, ``--device``, ``--dtype`` and ``--attn`` to a sub-command parser."""
     p.add_argument("--model", default=default,
                    help="HF id, local path, shipped organism name (toy-llava) or tiny:<arch> (random weights)")
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the CPU)")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the CPU; under torchrun cuda = cuda:LOCAL_RANK)")
     p.add_argument("--device-map", default=None, help="e.g. auto: shard over all GPUs with accelerate (not with --device)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: as transformers loads the checkpoint); "
                         "float16 overflows in MoRAS's steered states: use bfloat16 on a GPU")
@@ -27,7 +28,7 @@ def model_from_args(args: argparse.Namespace) -> MLLM:
     """Load the model named by ``args.model`` (see :func:`add_model_args`; names go through the registry)."""
     from moras_interp.models.loading import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
+    return load_model(args.model, device=local_device(args.device), dtype=args.dtype, attn_implementation=args.attn,
                       device_map=getattr(args, "device_map", None))
 
 

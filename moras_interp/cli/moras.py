@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from moras_interp import distributed
 from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 from moras_interp.eval.judge import JUDGES
 
@@ -110,9 +111,11 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
             cal_spec = load_examples(cal_spec, image_root=getattr(args, "image_root", None))
         prompts = read_prompt_file(args.harmful_prompts) if args.harmful_prompts else None
         fixed = args.fixed_r if args.fixed_r == "auto" else float(args.fixed_r)
-        setup = prepare_moras(model, calibration=cal_spec, out=out, harmful_prompts=prompts,  # type: ignore[arg-type]
-                              fit=args.calibration_method, fixed_r=fixed, config=cfg, batch_size=args.batch_size,
-                              progress=not args.quiet, force_preset=args.force_preset, overwrite=args.overwrite)
+        # under torchrun: rank 0 builds the prototype and calibration in out, the other ranks then reload them
+        setup = distributed.main_first(lambda: prepare_moras(
+            model, calibration=cal_spec, out=out, harmful_prompts=prompts, fit=args.calibration_method,  # type: ignore[arg-type]
+            fixed_r=fixed, config=cfg, batch_size=args.batch_size, progress=not args.quiet,
+            force_preset=args.force_preset, overwrite=args.overwrite and distributed.info().is_main), "prepare MoRAS")
         c = setup.calibration
         print(f"calibration: x0={c.x0:.4f} k={c.k:.3f} ({c.method}"
               + (f", AUROC {c.auroc:.3f}, operating point TPR {c.tpr:.2f} / FPR {c.fpr:.2f}" if c.auroc is not None else "")
@@ -144,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     res = evaluate(examples, methods, out, batch_size=args.batch_size, max_new_tokens=info["max_new_tokens"],
                    judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=info,
                    seed=args.seed, overwrite=args.overwrite)
+    if not distributed.info().is_main:  # under torchrun: rank 0 reports
+        return 0
     print(res.markdown())
     if res.n_run == 0 and not os.access(out, os.W_OK):
         print(f"{out} is complete and read-only: summarised its records, wrote nothing")

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from moras_interp import distributed
 from moras_interp.cli.common import add_model_args, model_from_args
 from moras_interp.cli.moras import add_method_args, method_names, methods_from_args
 
@@ -133,6 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         res = evaluate(examples, methods, out / name, batch_size=args.batch_size, max_new_tokens=info["max_new_tokens"],
                        judge=judge, progress=not args.quiet, figures=not args.no_figures, run_info=run_info,
                        seed=args.seed, overwrite=args.overwrite)
+        if not distributed.info().is_main:  # under torchrun: rank 0 writes the official scores and the summary
+            continue
         table = res.summary.copy()
         official = _official(suite, examples, res.records, names, out / name)
         for m, scores in official.items():
@@ -141,6 +144,8 @@ def _run(args: argparse.Namespace) -> int:
         table.insert(0, "suite", name)
         table.insert(1, "kind", SUITES[suite].kind)
         tables.append(table)
+    if not distributed.info().is_main:
+        return 0
     summary = pd.concat(tables, ignore_index=True)
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(out / "summary.json", summary.to_json(orient="records", indent=1))

@@ -11,6 +11,8 @@ Layout of ``out``::
     .lock            the folder lock: one writer at a time (:func:`moras_interp.atomic.folder_lock`)
     results.csv / results.json / results.md    the per-method table (:func:`report.summary_table`)
     figures/         rates.{html,png}, risk_<method>.{html,png}
+    ranks/           only while a multi-process (torchrun) run is unfinished: each rank's own records, merged
+                     into records.jsonl in single-process order by rank 0 (:mod:`moras_interp.moras.evaluate_dist`)
 
 Re-running with the same ``out`` skips every (method, example id) already in ``records.jsonl`` — only when the
 run identity is equal and the example's content (text, label, image bytes, metadata; ``example_sha256`` in each
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from moras_interp import distributed
 from moras_interp.atomic import atomic_append_bytes, atomic_write_bytes, atomic_write_text, folder_lock
 from moras_interp.eval.datasets import Example
 from moras_interp.eval.judge import KeywordJudge, RefusalJudge
@@ -48,7 +52,7 @@ from moras_interp.readers import ReadError, check_fields, read_jsonl
 _RECORD_TYPES: dict[str, type | tuple[type, ...]] = {"method": str, "id": str, "label": str, "answer": str,
                                                      "refused": bool, "risk": (int, float)}
 _TIMING_FIELDS = ("stage_times", "latency_s")
-ARTEFACTS = ("records.jsonl", "run.json", "results.csv", "results.json", "results.md", "figures")
+ARTEFACTS = ("records.jsonl", "run.json", "results.csv", "results.json", "results.md", "figures", "ranks")
 """What an evaluation writes into ``out`` (deleted by ``overwrite=True``)."""
 
 
@@ -188,8 +192,15 @@ def evaluate(examples: Sequence[Example], methods: Mapping[str, Method], out: st
     store = RecordStore(out / "records.jsonl")
     if not overwrite and out.is_dir() and not os.access(out, os.W_OK):  # a finished read-only folder: summarise
         return _finish(examples, methods, out, store, identity, hashes, run_info, 0, write=False)
+    if distributed.info().enabled:  # torchrun / accelerate launch: the ranks share the batches
+        from moras_interp.moras.evaluate_dist import evaluate_distributed
+
+        return evaluate_distributed(examples, methods, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                    judge=judge, progress=progress, figures=figures, run_info=run_info,
+                                    identity=identity, hashes=hashes, overwrite=overwrite)
     with folder_lock(out):
         check_or_write(out, identity, overwrite, artefacts=ARTEFACTS, merge=("methods",))
+        _adopt_rank_records(out, store, methods, examples)
         done = _done(store, methods, hashes)
         todo = {name: [ex for ex in examples if (name, ex.id) not in done] for name in methods}
         total = sum(len(v) for v in todo.values())
@@ -212,6 +223,16 @@ def evaluate(examples: Sequence[Example], methods: Mapping[str, Method], out: st
                 bar.update(len(chunk))
         bar.close()
         return _finish(examples, methods, out, store, identity, hashes, run_info, total, write=True, figures=figures)
+
+
+def _adopt_rank_records(out: Path, store: RecordStore, methods: Mapping[str, Method],
+                        examples: Sequence[Example]) -> None:
+    """Fold the per-rank records a killed multi-process run left in ``out/ranks/`` into ``records.jsonl``."""
+    if (out / distributed.RANKS_DIR).is_dir():
+        from moras_interp.moras.evaluate_dist import merge_rank_records
+
+        merge_rank_records(out, store, list(methods), examples)
+        shutil.rmtree(out / distributed.RANKS_DIR, ignore_errors=True)
 
 
 def _done(store: RecordStore, methods: Mapping[str, Method], hashes: dict[str | None, str]) -> set[tuple[str, str]]:
