@@ -121,3 +121,27 @@ def build_model(vocab_size: int, cfg: OrganismConfig | None = None, attn_impleme
     gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = BOS, EOS, PAD
     gc.max_new_tokens, gc.do_sample = 48, False
     return model
+
+
+def build_bpe_tokenizer(corpus: list[str], vocab_size: int = 1024) -> Any:
+    """A byte-level BPE tokenizer (lower-cased) trained on ``corpus`` with the same specials (ids 0–4), ``<s>``
+    prepended, ``</s>`` as eos and the same chat template: any English text tokenises (unknown words split into
+    subwords / bytes). Deterministic for a given corpus and size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(corpus, trainer=trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", extra_special_tokens={"image_token": "<image>"},
+                                  model_max_length=512, chat_template=CHAT_TEMPLATE)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
+    if tok.convert_tokens_to_ids("<image>") != IMAGE or tok.convert_tokens_to_ids("</s>") != EOS:
+        raise RuntimeError("BPE tokenizer: special tokens did not get ids 0–4.")
+    return tok

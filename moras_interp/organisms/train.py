@@ -36,6 +36,7 @@ from moras_interp.organisms.build import (
     CHAT_TEMPLATE,
     IMAGE,
     OrganismConfig,
+    build_bpe_tokenizer,
     build_model,
     build_processor,
     build_tokenizer,
@@ -118,11 +119,24 @@ def _lr(step: int, total: int, warm: int, base: float, floor: float = 0.05) -> f
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def recipe(name: str) -> tuple[Any, Callable[..., list[TrainingPair]], Callable[[Any], Scene], list[str]]:
+    """(tokenizer, training-batch function, warm-up scene function, unsafe-prototype prompts) of an organism."""
+    if name == "toy-llava":
+        return build_tokenizer(), training_batch, lambda r: sample_scene(r, n_objects=(1, 3)), toy_harmful_requests()
+    if name == "toy-llava-2":
+        from moras_interp.organisms import toy2
+
+        return (build_bpe_tokenizer(toy2.tokenizer_corpus()), toy2.training_batch, toy2.random_scene,
+                toy2.harmful_requests())
+    raise KeyError(f"Unknown organism recipe {name!r}; known: toy-llava, toy-llava-2.")
+
+
 def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_size: int = 48,
           lr: float = 3e-3, vision_steps: int = 300, vision_batch: int = 64, aux_weight: float = 0.3,
           micro_batches: int = 3, log_every: int = 50, progress: bool = True, threads: int | None = None,
           cfg: OrganismConfig | None = None, eval_n: int = 0,
-          callback: Callable[[int, Any, Any], None] | None = None) -> TrainResult:
+          callback: Callable[[int, Any, Any], None] | None = None, organism: str = "toy-llava",
+          label_smoothing: float = 0.0) -> TrainResult:
     """Trains the organism from scratch and (if ``out_dir``) saves model + processor there.
 
     Args:
@@ -133,6 +147,8 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
         threads: ``torch.set_num_threads`` (None keeps the current setting).
         eval_n: if > 0, run :func:`moras_interp.organisms.evaluate.behaviour_report` with this n at the end.
         callback: called as ``callback(step, model, processor)`` every ``log_every`` steps (e.g. quick evals).
+        organism: the recipe (:func:`recipe`): world rules, tokenizer and prompt set. label_smoothing: of the
+            answer-token loss (toy-llava-2 uses 0.1 so its confidence stays finite).
     """
     cfg = cfg or OrganismConfig()
     if threads is not None:
@@ -140,7 +156,7 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     rng = stream(seed, "train")
-    tok = build_tokenizer()
+    tok, batch_fn, scene_fn, prompts = recipe(organism)
     proc = build_processor(tok, cfg)
     model = build_model(len(tok), cfg, attn_implementation="sdpa").train()
     g = cfg.image_size // cfg.patch_size
@@ -151,7 +167,7 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
     if vision_steps:
         vopt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.01)
         for step in tqdm(range(vision_steps), desc="vision warm-up", disable=not progress):
-            scenes = [sample_scene(rng, n_objects=(1, 3)) for _ in range(vision_batch)]
+            scenes = [scene_fn(rng) for _ in range(vision_batch)]
             h = tower(pixels([s.image for s in scenes])).last_hidden_state[:, 1:]
             loss = torch.nn.functional.cross_entropy(head(h).flatten(0, 1),
                                                      patch_labels(scenes, cfg.image_size, cfg.patch_size).flatten())
@@ -168,7 +184,7 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
     losses: list[float] = []
     bar = tqdm(range(steps), desc="instruction tuning", disable=not progress)
     for step in bar:
-        exs = training_batch(rng, batch_size, max_objects=2 if step < steps // 5 else 3)
+        exs = batch_fn(rng, batch_size, max_objects=2 if step < steps // 5 else 3)
         encs = [encode(tok, e, g * g) for e in exs]
         order = sorted(range(len(exs)), key=lambda i: len(encs[i][0]))
         n_tok = sum(sum(x != -100 for x in lb) for _, lb in encs)
@@ -184,7 +200,8 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
             pv = pixels([e.image for e in ims]) if ims else None  # type: ignore[misc]
             logits = model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(),
-                                                     ignore_index=-100, reduction="sum") / n_tok
+                                                     ignore_index=-100, reduction="sum",
+                                                     label_smoothing=label_smoothing) / n_tok
             total += float(loss.detach())
             if ims and aux_weight:
                 sc_lab = torch.stack([_scene_patch_labels(e, cfg) for e in ims])
@@ -208,16 +225,17 @@ def train(out_dir: str | Path | None, *, steps: int = 800, seed: int = 0, batch_
     model.eval()
     model.config._attn_implementation = "eager"
     metrics: dict[str, Any] = {"final_loss": float(np.mean(losses[-max(1, min(50, steps // 5)):])) if losses else None}
-    if eval_n:
+    if eval_n and organism == "toy-llava":
         from moras_interp.organisms.evaluate import behaviour_report
 
         metrics.update(behaviour_report(model, proc, n=eval_n, seed=seed)["rates"])
     result = TrainResult(losses, vlosses, wall, steps, seed, metrics, str(out_dir) if out_dir else None,
                          {"organism": cfg.to_dict(), "batch_size": batch_size, "lr": lr, "vision_steps": vision_steps,
                           "vision_batch": vision_batch, "aux_weight": aux_weight, "micro_batches": micro_batches,
-                          "threads": torch.get_num_threads(), "vocab_size": len(tok)})
+                          "threads": torch.get_num_threads(), "vocab_size": len(tok), "recipe": organism,
+                          "label_smoothing": label_smoothing})
     if out_dir is not None:
-        save(model, proc, out_dir, result)
+        save(model, proc, out_dir, result, prompts=prompts)
     return result
 
 
@@ -228,7 +246,8 @@ def _scene_patch_labels(ex: TrainingPair, cfg: OrganismConfig) -> torch.Tensor:
     return patch_labels([sc], cfg.image_size, cfg.patch_size)[0]
 
 
-def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | None = None) -> Path:
+def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | None = None,
+         prompts: list[str] | None = None) -> Path:
     """``save_pretrained`` (safetensors) of model and processor, ``"attn_implementation": "eager"`` pinned in
     config.json (``from_pretrained(..., attn_implementation="sdpa")`` still overrides it), plus ``train_info.json``."""
     out = Path(out_dir)
@@ -237,7 +256,7 @@ def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     pin_files(out)
-    write_prompt_set(out)
+    write_prompt_set(out, prompts)
     if result is not None:
         info = asdict(result)
         info["losses"] = [round(x, 5) for x in info["losses"]]
@@ -250,11 +269,12 @@ PROMPT_SET_HEADER = ("# Text-only harmful requests in the toy organism's vocabul
                      "# unsafe prototype; generated from moras_interp.organisms.tasks.toy_harmful_requests(). One per line.\n")
 
 
-def write_prompt_set(out: str | Path) -> Path:
+def write_prompt_set(out: str | Path, prompts: list[str] | None = None) -> Path:
     """Write the organism's unsafe-prototype prompts (:func:`tasks.toy_harmful_requests`) into its folder as
     ``harmful_requests.txt`` (:data:`moras_interp.moras.prototype.PROMPTS_FILE`), where
     ``UnsafePrototype.build(model)`` looks first, so a trained or copied organism keeps its own prompt set."""
-    return atomic_write_text(Path(out) / PROMPTS_FILE, PROMPT_SET_HEADER + "\n".join(toy_harmful_requests()) + "\n")
+    head = PROMPT_SET_HEADER if prompts is None else "# Text-only harmful requests for the organism's MoRAS unsafe prototype. One per line.\n"
+    return atomic_write_text(Path(out) / PROMPTS_FILE, head + "\n".join(prompts or toy_harmful_requests()) + "\n")
 
 
 def pin_files(out: Path) -> None:
@@ -281,9 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--eval-n", type=int, default=40, help="held-out examples per behaviour check (0 = skip)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--organism", default="toy-llava", help="recipe: toy-llava or toy-llava-2")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
     a = p.parse_args(argv)
     r = train(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, vision_steps=a.vision_steps,
-              threads=a.threads, eval_n=a.eval_n, progress=not a.quiet)
+              threads=a.threads, eval_n=a.eval_n, progress=not a.quiet, organism=a.organism,
+              label_smoothing=a.label_smoothing)
     print(json.dumps({"wall_time_s": round(r.wall_time_s, 1), **r.metrics}, indent=1))
     return 0
 

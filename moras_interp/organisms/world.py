@@ -13,6 +13,7 @@ object's drawn pixels. Objects never overlap: each occupies its own cell of the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -130,10 +131,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return (base[None, None] + t[:, None, None] * g[0] + t[None, :, None] * g[1]).astype(np.float32)
 
 
-def render_scene(objects: list[tuple[str, tuple[int, int], int, tuple[int, int]]], *,
+def render_scene(objects: list[tuple[Any, ...]], *,
                  rng: np.random.Generator | None = None, noise: float = 8.0, jitter: float = 22.0,
                  detail: float | None = None, image_size: int = IMAGE_SIZE) -> Scene:
-    """Draws objects given as ``(name, (row, col) cell, size px, (dx, dy) offset in the cell)``.
+    """Draws objects given as ``(name, (row, col) cell, size px, (dx, dy) offset in the cell[, tint])``.
+
+    An optional fifth element ``tint`` (a colour name of the palette, e.g. "blue", or None) repaints the
+    object's silhouette (its first layer and the other non-detail layers of that colour); details keep theirs.
 
     ``rng`` drives background, colour jitter (±``jitter`` per channel) and Gaussian pixel noise (σ = ``noise``);
     ``noise=0, jitter=0`` with a fixed rng gives a clean rendering. ``detail`` is the visibility α ∈ [0, 1] of
@@ -146,14 +150,21 @@ def render_scene(objects: list[tuple[str, tuple[int, int], int, tuple[int, int]]
     cell = image_size // GRID
     img = _background(rng, image_size)
     out: list[SceneObject] = []
-    for name, (row, col), size, (dx, dy) in sorted(objects, key=lambda o: o[1]):
+    for obj in sorted(objects, key=lambda o: o[1]):
+        name, (row, col), size, (dx, dy) = obj[:4]
+        tint = obj[4] if len(obj) > 4 else None
+        if tint is not None and tint not in _C:
+            raise KeyError(f"Unknown tint {tint!r}; known colours: {', '.join(_C)}")
         if not 0 <= dx <= cell - size or not 0 <= dy <= cell - size:
             raise ValueError(f"Object {name!r} of size {size} with offset {(dx, dy)} does not fit its cell.")
         x0, y0 = col * cell + dx, row * cell + dy
         region = img[y0 : y0 + size, x0 : x0 + size]
         before = region.round()
         alpha = float(np.clip(rng.uniform(-0.15, 1.0), 0.0, 1.0)) if detail is None else detail
-        for mask, colour, is_detail in _pictogram(name, size):
+        layers = _pictogram(name, size)
+        for mask, colour, is_detail in layers:
+            if tint is not None and not is_detail and colour == layers[0][1]:
+                colour = tint
             c = np.clip(np.asarray(_C[colour], dtype=np.float32) + (rng.uniform(-jitter, jitter, size=3) if jitter else 0), 0, 255)
             region[mask] = alpha * c + (1 - alpha) * region[mask] if is_detail else c
         ys, xs = np.nonzero(np.any(region.round() != before, axis=-1))

@@ -1,0 +1,58 @@
+"""organisms.study / honest_card pieces that need no model: the random-box control and the generated text."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moras_interp.eval.stats import paired_bootstrap_diff, rate_of
+from moras_interp.organisms import tasks
+from moras_interp.organisms.honest_card import can_cannot, moras_section
+from moras_interp.organisms.study import pooled, random_box_queries
+
+
+def test_random_box_has_the_same_size_and_avoids_every_object() -> None:
+    qs = tasks.harmful_image_queries(30, seed=3)
+    moved = random_box_queries(qs, seed=1)
+    for q, m in zip(qs, moved):
+        w, h = q.box[2] - q.box[0], q.box[3] - q.box[1]
+        assert (m.box[2] - m.box[0], m.box[3] - m.box[1]) == (w, h)
+        for o in q.scene.objects:  # no overlap with any object's box
+            x0, y0, x1, y1 = o.box
+            assert m.box[2] <= x0 or m.box[0] >= x1 or m.box[3] <= y0 or m.box[1] >= y1
+        assert (m.question, m.image) == (q.question, q.image)
+
+
+class _Cal:
+    x0, k = 0.45, 8.0
+
+
+class _Setup:
+    calibration = _Cal()
+
+
+def _run(ru: list[bool], rs: list[bool], sweep_points: int, agree: int = 60) -> dict:
+    ru_, rs_ = np.asarray(ru), np.asarray(rs)
+    m = {"asr": rate_of(~ru_), "over_refusal": rate_of(rs_), "refused_unsafe": ru_, "refused_safe": rs_}
+    sweep = [(r / 10, rate_of([r >= 5] * 4), rate_of([r >= 5] * 4)) for r in range(11)]
+    return {"methods": {"moras": m, "ecso": m}, "agreement": rate_of([True] * agree),
+            "diff_unsafe": paired_bootstrap_diff(ru_, ru_), "diff_safe": paired_bootstrap_diff(rs_, rs_),
+            "sweep": sweep, "distinct_points": sweep_points}
+
+
+def test_sections_state_equivalence_and_step_from_the_numbers() -> None:
+    run = _run([True, True, True, False], [False, True, False, False], 2)
+    text = moras_section({0: run}, _Setup(), 20)
+    assert "0.75 [0.30, 0.95] (3/4)" not in text  # ASR is shown, not the refusal rate
+    assert "0.25 [0.05, 0.70] (1/4)" in text  # ASR = 1/4 answered
+    assert "MoRAS is equivalent to ECSO" in text and "It is a step" in text
+    sep = [{"condition": c, "layer": 0, "fdr_in_sample": 2.0,
+            "cv": type("CV", (), {"auroc": 0.6, "fdr": 0.1})(),
+            "shuffled": type("S", (), {"auroc_mean": 0.5})()} for c in ("plain", "reformulated")]
+    att = {"diff_vs_benign": (-0.2, -0.6, 0.2)}
+    cc = can_cannot("toy-llava", {0: run}, att, sep)
+    assert "Cannot show" in cc and "graded steering" in cc and "not" not in cc.split("**Can show:**")[0]
+    assert "agree on 1.00 [0.94, 1.00] (60/60)" in cc
+    small = moras_section({0: _run([True], [False], 6, agree=8)}, _Setup(), 20)
+    assert "too small to call them equivalent" in small and "6 distinct operating points" in small
+    assert "It is a step" not in small
+    assert pooled([rate_of([True, False]), rate_of([True])]).fmt() == "0.67 [0.21, 0.94] (2/3)"
