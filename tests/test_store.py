@@ -131,6 +131,11 @@ def test_tampered_shard_is_recomputed_with_warning(tmp_path):
     assert "shard_00001.safetensors does not match its sha256" in messages[0]
     assert "shard_00003.safetensors is missing: shard 3 will be recomputed" in messages[1]
     assert resumed.completed_shards() == [0, 2]
+    hook = manifest()["hooks"][0]
+    with pytest.raises(ValueError, match=r"missing shards \[1, 3\]; shard 1 was dropped when the store was "
+                       r"opened: shard_00001\.safetensors does not match its sha256 in the manifest \(corrupt or "
+                       r"modified\); shard 3 was dropped .*shard_00003\.safetensors is missing \(re-run"):
+        resumed.load(hook)
     calls: list[int] = []
     run(resumed, calls)
     assert calls == [1, 3] and path.read_bytes() == good

@@ -19,7 +19,6 @@ Writers hold :func:`moras_interp.atomic.folder_lock` on ``root``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -40,55 +39,19 @@ from moras_interp.activations.manifest import (
     identity_diffs,
 )
 from moras_interp.activations.manifest import manifest_checksum as _checksum
-from moras_interp.atomic import atomic_write_bytes
+from moras_interp.activations.shard_io import (
+    TMP_PREFIX,
+    StoreWarning,
+    atomic_write,
+    dataset_fingerprint,
+    jsonable,
+    prepare_shard_tensors,
+)
 from moras_interp.readers import ReadError, read_json, read_safetensors
 
 EXTRA_TENSORS = ("labels", "index")
 MANIFEST = "manifest.json"
-_TMP_PREFIX = ".tmp-"
-
-
-class StoreWarning(UserWarning):
-    """A shard on disk failed verification and will be recomputed."""
-
-
-def dataset_fingerprint(items: Iterable[str | bytes]) -> str:
-    """sha256 (hex) over already-serialised examples (e.g. prompt text, image bytes), order-sensitive.
-
-    Each item is length-prefixed and type-tagged, so ["ab", "c"] and ["a", "bc"] differ.
-    """
-    h = hashlib.sha256()
-    n = 0
-    for item in items:
-        if isinstance(item, str):
-            data, tag = item.encode("utf-8"), b"s"
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            data, tag = bytes(item), b"b"
-        else:
-            raise TypeError(f"dataset_fingerprint takes str or bytes items, got {type(item).__name__} at item {n}.")
-        h.update(tag + len(data).to_bytes(8, "little") + data)
-        n += 1
-    h.update(b"n" + n.to_bytes(8, "little"))
-    return h.hexdigest()
-
-
-def _jsonable(x: Any, what: str) -> Any:
-    """JSON round trip (tuples -> lists) so stored and requested values compare equal."""
-    try:
-        return json.loads(json.dumps(x))
-    except TypeError as e:
-        raise TypeError(f"{what} must be JSON-serialisable: {e}") from e
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Atomic write whose temp file carries ``_TMP_PREFIX`` (stale ones are removed when a store opens)."""
-    atomic_write_bytes(path, data, prefix=_TMP_PREFIX + path.name + ".")
-    with contextlib.suppress(OSError):           # make the rename itself durable (POSIX; best effort)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+__all__ = ["EXTRA_TENSORS", "MANIFEST", "ActivationStore", "StoreWarning", "dataset_fingerprint"]
 
 
 class ActivationStore:
@@ -109,10 +72,11 @@ class ActivationStore:
         self.manifest = self._normalise(manifest)
         self._memory: dict[int, bytes] = {}
         self._owner = owner
+        self.dropped: dict[int, str] = {}     # shard -> why verification dropped it when the store was opened
         if self.root is None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(_TMP_PREFIX + "*") if owner else ():   # left by a run killed mid-write
+        for stale in self.root.glob(TMP_PREFIX + "*") if owner else ():   # left by a run killed mid-write
             stale.unlink(missing_ok=True)
         path = self.root / MANIFEST
         if path.exists():
@@ -150,7 +114,7 @@ class ActivationStore:
         dtype = str(m["dtype"]).removeprefix("torch.")
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {m['dtype']!r} in manifest.")
-        m = _jsonable(m | {"dtype": dtype, "hooks": [str(h) for h in m["hooks"]]}, "manifest")
+        m = jsonable(m | {"dtype": dtype, "hooks": [str(h) for h in m["hooks"]]}, "manifest")
         if not m["hooks"] or len(set(m["hooks"])) != len(m["hooks"]) or set(m["hooks"]) & set(EXTRA_TENSORS):
             raise ValueError(f"hooks must be distinct, non-empty and not {EXTRA_TENSORS}, got {m['hooks']}.")
         if not isinstance(m["shard_size"], int) or m["shard_size"] < 1:
@@ -183,7 +147,7 @@ class ActivationStore:
     def _write_manifest(self) -> None:
         if self.root is not None:
             m = self.manifest | {"checksum": _checksum(self.manifest)}
-            _atomic_write(self.root / MANIFEST, (json.dumps(m, indent=1, sort_keys=True) + "\n").encode())
+            atomic_write(self.root / MANIFEST, (json.dumps(m, indent=1, sort_keys=True) + "\n").encode())
 
     def _verify(self) -> None:
         """Drop shards whose file is missing or whose sha256 differs from the manifest; refuse shards whose
@@ -195,11 +159,12 @@ class ActivationStore:
             if not path.exists():
                 problem = "is missing"
             elif hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
-                problem = "does not match its sha256 in the manifest"
+                problem = "does not match its sha256 in the manifest (corrupt or modified)"
             else:
                 check_shard_header(self, int(key), path)
                 continue
             warnings.warn(f"{path} {problem}: shard {key} will be recomputed.", StoreWarning, stacklevel=4)
+            self.dropped[int(key)] = f"{path.name} {problem}"
             del self.manifest["shards"][key]
 
     # ---- shards -----------------------------------------------------------------------------------
@@ -252,31 +217,15 @@ class ActivationStore:
             raise ValueError(f"shard {k}: missing hooks {missing}, unknown keys {unknown} (hooks: {self.hooks}).")
         start, stop = self.shard_range(k)
         want = stop - start if self.manifest.get("n_examples") is not None else None
-        dtype = getattr(torch, self.manifest["dtype"])
-        out: dict[str, torch.Tensor] = {}
-        for name, t in tensors.items():
-            t = torch.as_tensor(t).detach().cpu()
-            if want is None and t.ndim:
-                want = int(t.shape[0])
-            if t.ndim == 0 or t.shape[0] != want:
-                raise ValueError(f"shard {k}: {name!r} has shape {tuple(t.shape)}; every tensor needs "
-                                 f"{want} examples along dim 0.")
-            if name in self.hooks:
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"activations contain NaN/Inf at hook {name!r} (shard {k}): "
-                                     "check dtype overflow (use float32) or the input.")
-                t = t.to(dtype)
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"activations at hook {name!r} (shard {k}) overflow {self.manifest['dtype']}: "
-                                     "use a wider store dtype (float32).")
-            out[name] = t.contiguous()
-        meta = _jsonable(meta or {}, "shard meta")
+        out = prepare_shard_tensors(k, tensors, self.hooks, self.manifest["dtype"], want)
+        want = int(next(iter(out.values())).shape[0])
+        meta = jsonable(meta or {}, "shard meta")
         data = st_save(out, metadata={"moras_interp.shard": json.dumps({"k": k, "meta": meta}, sort_keys=True)})
         sha = hashlib.sha256(data).hexdigest()
         if self.root is None:
             self._memory[k] = data
         else:
-            _atomic_write(self._shard_path(k), data)
+            atomic_write(self._shard_path(k), data)
         self.manifest["shards"][str(k)] = {"sha256": sha, "n": want, "meta": meta}
         if self._owner:
             self._write_manifest()
@@ -291,7 +240,7 @@ class ActivationStore:
             warnings.warn(f"{path} is missing or does not match the sha256 its rank recorded: shard {k} will be "
                           "recomputed.", StoreWarning, stacklevel=2)
             return False
-        self.manifest["shards"][str(k)] = _jsonable(entry, "shard entry")
+        self.manifest["shards"][str(k)] = jsonable(entry, "shard entry")
         check_shard_header(self, k, path)
         return True
 
@@ -317,8 +266,11 @@ class ActivationStore:
             raise KeyError(f"unknown tensor {name!r}; hooks are {self.hooks}, extras {list(EXTRA_TENSORS)}.")
         done = self.completed_shards()
         if not allow_partial and self.n_shards is not None and len(done) < self.n_shards:
-            raise ValueError(f"store incomplete: missing shards {self.missing_shards()} "
-                             "(finish the run or pass allow_partial=True).")
+            why = "".join(f"; shard {k} was dropped when the store was opened: {r}"
+                          for k, r in sorted(self.dropped.items()))
+            raise ValueError(f"store {self.root or '(memory)'} incomplete: missing shards {self.missing_shards()}"
+                             f"{why} (re-run the collection on the same directory to compute them, or pass "
+                             "allow_partial=True).")
         if not done:
             raise ValueError("store has no completed shards.")
         parts = []
