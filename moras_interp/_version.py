@@ -1,3 +1,3 @@
 """The package version (one home: read by the top-level package and by run identities)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
