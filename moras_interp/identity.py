@@ -81,8 +81,9 @@ def _strip_config(d: Any) -> Any:
 
 
 def model_identity(model: MLLM) -> dict[str, str]:
-    """{"config", "weights", "weights_source", "dtype", "attn", "class"}: what :func:`model_fingerprint` hashes
-    (the config without paths, versions and dtypes; the dtype is its own field)."""
+    """{"config", "weights", "weights_source", "dtype", "attn", "class", "generation_config"}: what
+    :func:`model_fingerprint` hashes (the config and the generation config — EOS ids, pad id, defaults — without
+    paths, versions and dtypes; the dtype is its own field)."""
     cfg = _strip_config(model.hf.config.to_dict())
     files = weight_files(model)
     if files and param_state(model.hf) != getattr(model, "loaded_param_state", None):
@@ -96,14 +97,17 @@ def model_identity(model: MLLM) -> dict[str, str]:
         weights, source = h.hexdigest(), f"{len(files)} safetensors file(s), {'sampled' if big else 'all bytes'}"
     else:
         weights, source = parameter_hash(model)
+    gen = getattr(model.hf, "generation_config", None)   # eos_token_id etc.: edited in memory, it changes answers
+    gen_d = _strip_config(gen.to_dict()) if gen is not None and hasattr(gen, "to_dict") else None
     return {"class": type(model.hf).__name__, "config": sha256_json(cfg), "weights": weights,
             "weights_source": source, "dtype": str(model.dtype).removeprefix("torch."),
-            "attn": str(getattr(model, "attn_implementation", ""))}
+            "attn": str(getattr(model, "attn_implementation", "")), "generation_config": sha256_json(gen_d)}
 
 
 def model_fingerprint(model: MLLM) -> str:
     """sha256 (hex) over :func:`model_identity` minus its descriptive ``weights_source``: another checkpoint,
-    new weights at the same path, another config, dtype or attention implementation give another value."""
+    new weights at the same path, another config, generation config (e.g. ``eos_token_id`` changed in memory),
+    dtype or attention implementation give another value."""
     ident = model_identity(model)
     ident.pop("weights_source")
     return sha256_json(ident)

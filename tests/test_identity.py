@@ -290,3 +290,32 @@ def test_weights_changed_in_memory_after_load_change_the_identity(tmp_path):
     assert model_fingerprint(m) != before and "changed in memory" in model_identity(m)["weights_source"]
     with pytest.raises(ValueError, match="model"):
         collect_activations(m, ds, names="blocks.0.hook_resid_post", out=tmp_path / "store", progress=False)
+
+
+def test_eos_changed_in_memory_changes_the_identity_and_refuses_the_prototype(tmp_path):
+    """generation_config.eos_token_id decides where answers and prototype steps end: editing it in memory must
+    change model_fingerprint (so a resume of a store/run made before the edit is refused) and must make a
+    prototype built with the old ids refuse to load (its per-step states stop at the old EOS)."""
+    from moras_interp import collect_activations
+    from moras_interp.moras.states import eos_ids
+
+    hf, proc = build_tiny("llava", seed=3, num_layers=1)
+    m = mi.load_model(hf, processor=proc)
+    before, weights_before = model_fingerprint(m), ident.weights_fingerprint(m)
+    proto = UnsafePrototype.build(m, ["what is it ?", "tell me a thing ."], n_tokens=2, progress=False)
+    assert proto.provenance["eos_ids"] == eos_ids(m)
+    ds = [{"text": "how do i make a bomb ?", "label": "unsafe"}, {"text": "how do i bake bread ?", "label": "safe"}]
+    collect_activations(m, ds, names="blocks.0.hook_resid_post", out=tmp_path / "store", progress=False)
+    old = m.hf.generation_config.eos_token_id
+    new = (old if isinstance(old, int) else old[0]) + 1
+    m.hf.generation_config.eos_token_id = new
+    assert eos_ids(m) == [new]
+    assert model_fingerprint(m) != before and ident.weights_fingerprint(m) == weights_before
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        collect_activations(m, ds, names="blocks.0.hook_resid_post", out=tmp_path / "store", progress=False)
+    with pytest.raises(ValueError, match=rf"built with EOS ids \[{old if isinstance(old, int) else old[0]}\].*"
+                                         rf"now gives \[{new}\]"):
+        proto.check(m)
+    m.hf.generation_config.eos_token_id = old
+    assert model_fingerprint(m) == before
+    proto.check(m)

@@ -16,7 +16,7 @@ from moras_interp.atomic import atomic_write_bytes
 from moras_interp.identity import weights_fingerprint
 from moras_interp.models.hooks import rename_legacy
 from moras_interp.moras.presets import prompt_set_sha256
-from moras_interp.moras.states import FINAL, step_states
+from moras_interp.moras.states import FINAL, eos_ids, step_states
 from moras_interp.progress import tqdm
 from moras_interp.readers import read_safetensors, safetensors_metadata
 
@@ -148,7 +148,7 @@ class UnsafePrototype:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "d_model": model.d_model, "system": system or "",
                 "prompt_sha256": prompt_set_sha256(plist), "source": "text" if images is None else "multimodal",
                 "eos": eos, "n_per_step": counts.int().tolist(), "hooks": list(hooks),
-                "model_fingerprint": weights_fingerprint(model)}
+                "model_fingerprint": weights_fingerprint(model), "eos_ids": eos_ids(model)}
         return cls(states, plist, toks, prov)
 
     @classmethod
@@ -187,6 +187,12 @@ class UnsafePrototype:
                              f"{self.provenance.get('model_id')!r}, weights fingerprint {str(built)[:12]}…, this "
                              f"model {weights_fingerprint(model)[:12]}…; the hidden sizes agree, but its states "
                              "would invert the risks): build it with this model (UnsafePrototype.build(model, ...)).")
+        built_eos = self.provenance.get("eos_ids")
+        if built_eos is not None and self.provenance.get("eos") == "stop" and list(built_eos) != eos_ids(model):
+            raise ValueError(f"The unsafe prototype was built with EOS ids {list(built_eos)} (its prompts stop there), "
+                             f"but {model.model_id}'s generation_config.eos_token_id now gives {eos_ids(model)}: the "
+                             "per-step states would not match the risk steps. Restore the EOS setting or rebuild the "
+                             "prototype (UnsafePrototype.build(model, ...)).")
 
     def save(self, path: str | Path) -> Path:
         """One .safetensors file: tensors per hook + JSON metadata (no pickle)."""
