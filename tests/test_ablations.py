@@ -172,3 +172,20 @@ def test_grid_cache_sees_changed_globals_and_helpers(tmp_path: Path) -> None:
     finally:
         SCALE = 1
     assert run_grid({"a": [1]}, evaluator, [1, 2], out=tmp_path, progress=False).m.tolist() == [1, 2]
+
+
+def test_max_new_tokens_is_an_ablation_factor_and_a_double_setting_is_refused(toy: mi.MLLM, proto: UnsafePrototype,
+                                                                            data: list[Any], tmp_path: Path) -> None:
+    """Without an evaluator-level max_new_tokens the grid's value reaches the answers (reference: MoRAS.run with
+    that length, token for token); fixing it in both places is refused instead of one silently winning."""
+    sub = data[:2]
+    df = run_grid({"max_new_tokens": [2, 6]}, moras_evaluator(toy, proto, CAL, batch_size=2), sub, out=tmp_path,
+                  progress=False)
+    for n in (2, 6):
+        ref = MoRAS(toy, proto, CAL, MoRASConfig(max_new_tokens=n)).run([q.image for q in sub],
+                                                                        [q.question for q in sub], progress=False)
+        got = df[df.max_new_tokens == n].sort_values("example")
+        assert list(got.answer) == [t.answer for t in ref]
+    assert set(df[df.max_new_tokens == 2].answer) != set(df[df.max_new_tokens == 6].answer)
+    with pytest.raises(ValueError, match=r"varies max_new_tokens .* fixes it .*max_new_tokens=8"):
+        run_grid({"max_new_tokens": [2]}, moras_evaluator(toy, proto, CAL, max_new_tokens=8), sub, progress=False)

@@ -61,7 +61,8 @@ def _label(it: Any, index: int) -> str | None:
 
 
 def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibration | None, *,
-                    judge: RefusalJudge | None = None, base: MoRASConfig | None = None, max_new_tokens: int = 24,
+                    judge: RefusalJudge | None = None, base: MoRASConfig | None = None,
+                    max_new_tokens: int | None = None,
                     batch_size: int = 8, prompt_variants: dict[str, Callable[[str], str]] | None = None,
                     calibration_data: Sequence[Any] | None = None, progress: bool = False) -> Evaluator:
     """An evaluator running MoRAS (or a fixed-r / ablated variant) per setting; see the module docstring.
@@ -70,6 +71,8 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
     (score, N, γ, stage-2 EOS mode) with an adaptive r gets (x0, k) refitted on ``calibration_data`` (labelled
     pairs, the official recipe or the calibration's own method) once per such configuration; without
     ``calibration_data`` it is refused, since r would be computed with constants fitted for another score.
+    ``max_new_tokens``: answer length for every setting; None (default) uses the setting's / ``base``'s
+    ``MoRASConfig.max_new_tokens`` (64 ours, 512 under the authors' preset), so it can be an ablation factor.
     """
     judge = judge or KeywordJudge()
     base_cfg = base or MoRASConfig()
@@ -96,6 +99,9 @@ def moras_evaluator(model: MLLM, prototype: UnsafePrototype, calibration: Calibr
         unknown = [k for k in setting if k not in cfg and k not in _SHORTHANDS]
         if unknown:
             raise KeyError(f"Unknown ablation factor(s) {unknown}: use MoRASConfig fields or {list(_SHORTHANDS)}.")
+        if max_new_tokens is not None and "max_new_tokens" in setting:
+            raise ValueError(f"The grid varies max_new_tokens ({setting['max_new_tokens']!r}) but the evaluator fixes "
+                             f"it (moras_evaluator(..., max_new_tokens={max_new_tokens})): drop one of the two.")
         cfg.update({k: v for k, v in setting.items() if k in cfg})
         if setting.get("steer_layer") is not None:
             ls = setting["steer_layer"]
