@@ -45,8 +45,9 @@ from moras_interp.cli import main
 from moras_interp.eval.datasets import DatasetFormatError, Example
 from moras_interp.eval.metrics import summarise
 from moras_interp.identity import IdentityMismatchError
-from moras_interp.models.batch import ImageConversionWarning, UnknownTokenWarning, load_image
+from moras_interp.models.batch import UnknownTokenWarning
 from moras_interp.models.finite import NonFiniteError
+from moras_interp.models.images import ImageConversionWarning, load_image
 from moras_interp.models.tiny import build_tiny, tiny_image
 from moras_interp.moras import (
     ECSO,

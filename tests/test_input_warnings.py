@@ -16,12 +16,8 @@ from PIL import Image
 import moras_interp as mi
 from moras_interp.eval.datasets import Example
 from moras_interp.models import MLLM
-from moras_interp.models.batch import (
-    ImageConversionWarning,
-    UnknownTokenWarning,
-    load_image,
-    warn_unknown_words,
-)
+from moras_interp.models.batch import UnknownTokenWarning, warn_unknown_words
+from moras_interp.models.images import ImageConversionWarning, load_image
 
 RNG = np.random.default_rng(0)
 
@@ -126,7 +122,7 @@ def test_no_warning_without_an_unknown_token() -> None:
 
 
 def test_a_truncated_or_fake_image_file_is_an_error_naming_it(tmp_path):
-    from moras_interp.models.batch import ImageReadError, load_image
+    from moras_interp.models.images import ImageReadError, load_image
 
     good = tmp_path / "ok.png"
     Image.new("RGB", (32, 32), (10, 200, 30)).save(good)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "moras_interp"
 
-LAYER = {"_version": 0, "atomic": 0, "distributed": 0, "data": 0, "readers": 0, "progress": 0, "weights_hash": 1, "identity": 2, "callable_identity": 2, "models": 1, "activations": 2, "viz": 2, "eval": 2, "attention": 3, "moras": 4,
+LAYER = {"_version": 0, "atomic": 0, "distributed": 0, "data": 0, "readers": 0, "progress": 0, "weights_hash": 1, "identity": 2, "fingerprints": 2, "callable_identity": 2, "models": 1, "activations": 2, "viz": 2, "eval": 2, "attention": 3, "moras": 4,
          "organisms": 5, "ablations": 6, "cli": 6, "notebooks": 7, "__init__": 7}
 """Layer of each top-level package/module of moras_interp (equal layers may import each other)."""
 

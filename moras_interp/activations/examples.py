@@ -27,7 +27,7 @@ from PIL import Image
 
 from moras_interp.activations.store import dataset_fingerprint
 from moras_interp.eval.datasets import Example
-from moras_interp.models.batch import load_image
+from moras_interp.models.images import load_image
 
 ImageLike = Image.Image | str | Path
 

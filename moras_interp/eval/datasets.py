@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from moras_interp.eval.labels import DatasetFormatError, parse_label, parse_optional_label
-from moras_interp.models.batch import load_image, to_rgb
+from moras_interp.models.images import load_image, to_rgb
 from moras_interp.readers import read_json, read_jsonl
 
 __all__ = ["FIGSTEP_PROMPT", "MMSB_IMAGE_TYPES", "DatasetFormatError", "Example", "load_csv", "load_figstep",
