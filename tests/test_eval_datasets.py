@@ -6,16 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from moras_interp.eval.datasets import (
-    FIGSTEP_PROMPT,
-    DatasetFormatError,
-    Example,
-    load_csv,
-    load_figstep,
-    load_jsonl,
-    load_mm_safetybench,
-    load_xstest,
-)
+from moras_interp.eval.benchmark_files import FIGSTEP_PROMPT, load_figstep, load_mm_safetybench, load_xstest
+from moras_interp.eval.datasets import DatasetFormatError, Example, load_csv, load_jsonl
 
 
 def _png(path: Path, color=(255, 0, 0), mode="RGB") -> Path:

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from moras_interp.cli import main
-from moras_interp.eval.datasets import FIGSTEP_PROMPT, DatasetFormatError, load_csv, load_figstep, load_xstest
+from moras_interp.eval.benchmark_files import FIGSTEP_PROMPT, load_figstep, load_xstest
+from moras_interp.eval.datasets import DatasetFormatError, load_csv
 from moras_interp.eval.safety_sets import (
     MMSB_SCENARIOS,
     load_mm_safetybench_all,

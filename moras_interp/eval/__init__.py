@@ -1,16 +1,8 @@
 """Evaluation: the example record and label rule, refusal judges, safety/utility metrics, benchmark loaders and
 FigStep-style typographic images."""
 
-from moras_interp.eval.datasets import (
-    FIGSTEP_PROMPT,
-    DatasetFormatError,
-    Example,
-    load_csv,
-    load_figstep,
-    load_jsonl,
-    load_mm_safetybench,
-    load_xstest,
-)
+from moras_interp.eval.benchmark_files import FIGSTEP_PROMPT, load_figstep, load_mm_safetybench, load_xstest
+from moras_interp.eval.datasets import DatasetFormatError, Example, load_csv, load_jsonl
 from moras_interp.eval.judge import (
     JUDGES,
     AnyJudge,

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moras_interp.eval.datasets import (
-    BENCHMARK_FILE_FIX,
-    MMSB_IMAGE_TYPES,
-    DatasetFormatError,
-    Example,
-    _check_images,
-    load_mm_safetybench,
-)
+from moras_interp.eval.benchmark_files import MMSB_IMAGE_TYPES, load_mm_safetybench
+from moras_interp.eval.datasets import BENCHMARK_FILE_FIX, DatasetFormatError, Example, _check_images
 from moras_interp.readers import read_json, read_jsonl
 
 __all__ = ["MMSB_SCENARIOS", "VLSAFE_POOL", "load_mm_safetybench_all", "mmsb_tiny_ids", "read_vlsafe_jsonl",

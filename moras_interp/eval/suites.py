@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moras_interp.eval import utility as U
-from moras_interp.eval.datasets import Example, load_csv, load_figstep, load_jsonl, load_xstest
+from moras_interp.eval.benchmark_files import load_figstep, load_xstest
+from moras_interp.eval.datasets import Example, load_csv, load_jsonl
 from moras_interp.eval.safety_sets import load_mm_safetybench_all, mmsb_tiny_ids, vlsafe_calibration
 
 __all__ = ["SUITES", "Suite", "load_suite", "score_suite", "suite_table"]

@@ -3,7 +3,7 @@
 FigStep (Gong et al., 2023) renders a harmful instruction, wrapped at 15 characters and followed by an
 empty numbered list ``"\\n1. \\n2. \\n3. "``, in FreeMonoBold 80 pt, black on a white 760×760 canvas, at
 (20, 10) with 11 px line spacing, and pairs the image with a benign-looking text prompt
-(:data:`moras_interp.eval.datasets.FIGSTEP_PROMPT`). With FreeMonoBold the images here are pixel-identical
+(:data:`moras_interp.eval.benchmark_files.FIGSTEP_PROMPT`). With FreeMonoBold the images here are pixel-identical
 to FigStep's generator (``src/generate_prompts.py``, ``text_to_image`` / ``text_step_by_step``, in
 github.com/ThuCCSLab/FigStep at commit ``96e015e0750e9ff7c21ab4e5d1f3342dd22d5fb1``; same PIL calls).
 

@@ -10,14 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from moras_interp.eval.datasets import (
-    Example,
-    load_csv,
-    load_figstep,
-    load_jsonl,
-    load_mm_safetybench,
-    load_xstest,
-)
+from moras_interp.eval.benchmark_files import load_figstep, load_mm_safetybench, load_xstest
+from moras_interp.eval.datasets import Example, load_csv, load_jsonl
 from moras_interp.eval.labels import GOLD_KEYS, gold_answer, safety_label
 
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "figstep", "mm-safetybench", "xstest")
