@@ -93,11 +93,39 @@ class _Entry:
     stage: Callable[[], str]
     dtype: torch.dtype
     dispatcher: _Dispatcher | None = None
+    steps: Any = None  # None (every step), "decode" or a frozenset: what the nnsight backend replays
+    layouts: list[TokenLayout] | None = None
 
     def remove(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.remove(self)
             self.dispatcher = None
+
+
+def checked_edit(fn: HookFn, value: torch.Tensor, ctx: HookContext, stage: str, dtype: torch.dtype) -> Any:
+    """``fn(value, ctx)``; a returned tensor holding NaN/Inf raises :class:`NonFiniteError` naming the hook, the
+    stage, the step and whether the value was already non-finite before the edit (both backends use this)."""
+    new = fn(value, ctx)
+    if isinstance(new, torch.Tensor) and not is_finite(new):
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        where = ("the value reaching the edit function {} was already non-finite" if not is_finite(value)
+                 else "after the edit function {}").format(name)
+        check_finite(new, stage=stage, hook=ctx.name, dtype=dtype, detail=f"step {ctx.step}, {where}")
+    return new
+
+
+_SUSPENDED = False
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """While open, installed torch hooks do nothing (the nnsight backend executes the same entries itself)."""
+    global _SUSPENDED
+    before, _SUSPENDED = _SUSPENDED, True
+    try:
+        yield
+    finally:
+        _SUSPENDED = before
 
 
 class _Dispatcher:
@@ -125,24 +153,23 @@ class _Dispatcher:
                 del _DISPATCHERS[self.module][self.io]
 
     def _live(self) -> list[tuple[_Entry, HookContext]]:
+        if _SUSPENDED:
+            return []
         live = [(e, c) for e in self.entries if (c := e.context()) is not None]
         return [x for x in live if not x[0].read] + [x for x in live if x[0].read]
 
     def _run(self, live: list[tuple[_Entry, HookContext]], value_of: Callable[[HookPoint], torch.Tensor],
              replace: Callable[[HookPoint, torch.Tensor], None]) -> None:
+        if _SUSPENDED:  # the nnsight backend runs these entries in its graph instead
+            return
         for e, ctx in live:
             value = value_of(e.point)
-            new = e.fn(value, ctx)
             if e.read:
+                e.fn(value, ctx)
                 continue
-            if new is None:  # an observer or an in-place edit: the logits check downstream catches NaN
-                continue
-            if isinstance(new, torch.Tensor) and not is_finite(new):
-                fn = getattr(e.fn, "__qualname__", type(e.fn).__name__)
-                where = ("the value reaching the edit function {} was already non-finite" if not is_finite(value)
-                         else "after the edit function {}").format(fn)
-                check_finite(new, stage=e.stage(), hook=e.point.name, dtype=e.dtype, detail=f"step {ctx.step}, {where}")
-            replace(e.point, new)
+            new = checked_edit(e.fn, value, ctx, e.stage(), e.dtype)
+            if new is not None:  # None: an in-place edit, the logits check downstream catches NaN
+                replace(e.point, new)
 
     def _pre(self, _m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         live = self._live()
@@ -220,6 +247,21 @@ def installed_edits(model: MLLM) -> list[tuple[str, HookFn]]:
     return out
 
 
+def installed_entries(model: MLLM) -> list[list[_Entry]]:
+    """The active entries of ``model`` grouped per module side, in execution order; in each group the edits (in
+    installation order) come before the reads, as the torch-hook dispatcher runs them. Entries whose steps are
+    over (their handle removed them) are not included."""
+    groups: list[list[_Entry]] = []
+    seen: set[int] = set()
+    for p in sorted((model.hook_point(n) for n in model.hook_names()), key=lambda p: p.order):
+        d = _DISPATCHERS.get(model.adapter.module(p.module), {}).get(p.io)
+        if d is None or id(d) in seen:
+            continue
+        seen.add(id(d))
+        groups.append([e for e in d.entries if not e.read] + [e for e in d.entries if e.read])
+    return [g for g in groups if g]
+
+
 def edited_hooks(model: MLLM) -> list[str]:
     """Names of the hooks of ``model`` where edits are installed right now, in execution order."""
     return [n for n in model.hook_names() if is_edited(model, n)]
@@ -271,7 +313,9 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
             handle.calls[point.name] += 1
             return HookContext(point.name, handle.step, layouts)
 
-        entry = _Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype)
+        entry = _Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype,
+                       steps="decode" if decode_only else (None if allowed is None else frozenset(allowed)),
+                       layouts=layouts)
         handle._handles.append(_attach(model.adapter.module(point.module), entry))
     return handle
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
+from moras_interp.models import graph as _graph
 from moras_interp.models import interventions as _iv
 from moras_interp.models.adapters import Adapter, get_adapter
 from moras_interp.models.batch import Batch, ImageInput, prepare_batch
@@ -45,13 +46,15 @@ class MLLM(StageLabels):
         processor: its processor.
         adapter: the architecture adapter (where modules live, image-token geometry).
         nn: the nnsight wrapper (``nnsight.TransformersModel``) around ``hf``; use it for free-form traces.
+        backend: the default execution backend ("hooks": torch hooks; "nnsight": one intervention graph per
+            call, required for ``remote``); every running method also takes ``backend=``.
         model_id: HF id, local path or a descriptive name.
         validated_shapes: hook name -> shape measured by the load-time check on a probe input (None if
             ``load_model(..., validate=False)``).
     """
 
     def __init__(self, hf: torch.nn.Module, processor: Any, *, model_id: str | None = None,
-                 remote: bool | str = False, nn: Any = None) -> None:
+                 remote: bool | str = False, nn: Any = None, backend: str | None = None) -> None:
         from nnsight import TransformersModel
 
         self.hf = hf
@@ -59,6 +62,8 @@ class MLLM(StageLabels):
         self.adapter: Adapter = get_adapter(hf, processor)
         self.model_id = model_id or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
         self.remote = remote
+        self.backend = _graph.check_backend(backend or ("nnsight" if remote else "hooks"))
+        """Default execution backend of forward / run_with_cache / generate: "hooks" or "nnsight"."""
         self.nn = nn if nn is not None else TransformersModel(
             hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
         self._points = {p.name: p for p in self.adapter.hook_points()}
@@ -181,18 +186,38 @@ class MLLM(StageLabels):
 
     # ------------------------------------------------------------------ running
     @torch.no_grad()
-    def forward(self, batch: Batch | dict[str, Any]) -> torch.Tensor:
-        """Plain forward; returns logits [b, pos, vocab]. NaN/Inf logits at a non-padding position raise
-        :class:`~moras_interp.models.finite.NonFiniteError` naming the rows (as :meth:`run_with_cache`)."""
+    def forward(self, batch: Batch | dict[str, Any], *, backend: str | None = None) -> torch.Tensor:
+        """Plain forward (with the :meth:`hooks` installed); returns logits [b, pos, vocab]. NaN/Inf logits at a
+        non-padding position raise :class:`~moras_interp.models.finite.NonFiniteError` naming the rows (as
+        :meth:`run_with_cache`). ``backend``: "hooks" or "nnsight" (default :attr:`backend`)."""
         with self.stage("forward", default=True):
             stage = self.stage_name or "forward"
-            logits = self.hf(**self._inputs(batch)).logits
+            logits = self._logits(batch, backend)
         self._check_outputs(batch, {"hook_logits": logits}, stage)
         return logits
 
+    def _backend(self, backend: str | None) -> str:
+        b = _graph.check_backend(backend or self.backend)
+        if self.remote and b != "nnsight":
+            raise ValueError(f"This model runs remotely (remote={self.remote!r}): only backend='nnsight' can run it.")
+        return b
+
+    def _logits(self, batch: Batch | dict[str, Any], backend: str | None) -> torch.Tensor:
+        """One forward with the installed edits and reads, on the chosen backend; logits [b, pos, vocab]."""
+        inputs = self._inputs(batch)
+        if self._backend(backend) == "hooks":
+            return self.hf(**inputs).logits
+        groups = _graph.specs(self)
+        with _iv.suspended():
+            out, reads = _graph.run_graph(self.nn, inputs, groups, generate=False, n_steps=1, kwargs={},
+                                          remote=self.remote)
+        _graph.replay_reads(groups, reads)
+        return out.logits
+
     @torch.no_grad()
     def run_with_cache(self, batch: Batch, names: str | list[str] | None = None, *,
-                       device: torch.device | str | None = None) -> tuple[torch.Tensor, ActivationCache]:
+                       device: torch.device | str | None = None,
+                       backend: str | None = None) -> tuple[torch.Tensor, ActivationCache]:
         """One forward saving the named hooks (names or globs like ``"blocks.*.hook_resid_post"``).
 
         Returns (logits [b, pos, vocab], ActivationCache). ``device`` moves cached tensors (e.g. "cpu").
@@ -203,8 +228,6 @@ class MLLM(StageLabels):
         wanted = expand_names(names, self.hook_names())
         for n in wanted:
             self._check_pattern(self._points[n])
-        if self.remote:
-            return self._remote_cache(batch, wanted, device)
         saved: dict[str, torch.Tensor] = {}
 
         def keep(name: str) -> _iv.HookFn:
@@ -214,7 +237,7 @@ class MLLM(StageLabels):
 
         with self.stage("run_with_cache", default=True), _iv.hooks(self, [(n, keep(n)) for n in wanted], read=True):
             stage = self.stage_name or "run_with_cache"
-            logits = self.hf(**self._inputs(batch)).logits
+            logits = self._logits(batch, backend)
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
@@ -228,28 +251,17 @@ class MLLM(StageLabels):
                       attention_mask=batch.inputs.get("attention_mask") if is_batch else None,
                       examples=batch.prompts if is_batch else None, dtype=self.dtype)
 
-    def _remote_cache(self, batch: Batch, wanted: list[str],
-                      device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:
-        """run_with_cache through an nnsight trace (remote execution; local edits do not apply there)."""
-        pts = sorted((self._points[n] for n in wanted), key=lambda p: p.order)
-        saved: dict[str, Any] = {}
-        with self.trace(batch):
-            for p in pts:
-                saved[p.name] = self.read(p.name).save()
-            logits = self.envoy(self.adapter.lm_head).output.save()
-        tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
-        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None)
-
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 32, *, do_sample: bool = False,
-                 return_logits: bool = False, **kwargs: Any) -> Generation:
+                 return_logits: bool = False, backend: str | None = None, **kwargs: Any) -> Generation:
         """Greedy (by default) generation with KV cache; interventions from :meth:`hooks` apply per step.
 
         ``return_logits=True`` also returns the per-step logits [b, new, vocab]; other keyword arguments go to
         HF ``generate`` (e.g. ``min_new_tokens``). Greedy means plain argmax: logits processors a checkpoint's
         ``generation_config`` may ship (``repetition_penalty``, ``no_repeat_ngram_size``) are switched off unless
         passed explicitly. NaN/Inf logits at any step raise :class:`~moras_interp.models.finite.NonFiniteError`
-        naming the stage (see :meth:`stage`), the step and the rows.
+        naming the stage (see :meth:`stage`), the step and the rows. ``backend``: "hooks" (torch hooks) or
+        "nnsight" (one ``model.nn.generate`` graph visiting each step with ``tracer.iter``); same tokens.
         """
         inputs = self._inputs(batch)
         tok = self.tokenizer
@@ -264,12 +276,24 @@ class MLLM(StageLabels):
             check = FiniteLogits(self.stage_name or "generate", batch.prompts if isinstance(batch, Batch) else None,
                                  self.dtype, lambda: self._nonfinite_hint(inputs))
             kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), check])
-            out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+            out = self._generate(inputs, max_new_tokens, do_sample, kwargs, backend)
         seq = out if isinstance(out, torch.Tensor) else out.sequences
         new = seq[:, inputs["input_ids"].shape[1]:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
         logits = torch.stack(list(out.logits), dim=1) if return_logits else None
         return Generation(seq, new, [t.strip() for t in texts], logits)
+
+    def _generate(self, inputs: dict[str, Any], max_new_tokens: int, do_sample: bool, kwargs: dict[str, Any],
+                  backend: str | None) -> Any:
+        if self._backend(backend) == "hooks":
+            return self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+        groups = _graph.specs(self)
+        n = _graph.n_loop_steps(groups, max_new_tokens)
+        with _iv.suspended():
+            out, reads = _graph.run_graph(self.nn, inputs, groups, generate=True, n_steps=n, remote=self.remote,
+                                          kwargs={"max_new_tokens": max_new_tokens, "do_sample": do_sample, **kwargs})
+        _graph.replay_reads(groups, reads)
+        return out
 
     def _nonfinite_hint(self, inputs: dict[str, Any]) -> str:
         """Where NaN/Inf may come from (only computed once an error is certain)."""

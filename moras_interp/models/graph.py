@@ -1,0 +1,188 @@
+"""The nnsight backend: the edits and reads installed with ``model.hooks`` run as one nnsight intervention graph.
+
+``model.generate(batch, backend="nnsight")`` (and ``forward`` / ``run_with_cache``) builds ONE
+``model.nn.generate`` (or ``model.nn.trace``) whose body walks the decode steps with nnsight's iteration API
+(``for step in tracer.iter[:n]``) and, at each step, visits the installed hook points in execution order:
+
+* an **edit** ``fn(value, ctx)`` runs inside the graph on the step's real value and its result replaces the
+  module's input/output (``envoy.output = new``), exactly what the torch-hook backend does;
+* a **read** (``read=True``) is saved (``nnsight.save``) and its function is called *after* the run, in the
+  order the hooks backend would have called it, on the value the model went on with (after every edit at that
+  hook). Reads therefore need no side effect inside the graph, which is what remote execution requires: only
+  saved values come back from a server.
+
+A second, empty invoke saves ``tracer.result`` (the generated ids), so a generation that stops early at EOS (the
+step loop then asks for a step that never runs) still returns its ids and the reads of the steps that ran.
+
+Everything the body references is plain data (:class:`Spec`: the hook's module path and io, the function, its
+steps and layouts), the nnsight envoy and the inputs, so the graph serialises as nnsight's remote path needs
+(``remote="local"`` runs that round trip in-process; see ``tests/test_backends_remote.py``). Derived hook points
+that do not map to a module input/output (e.g. per-head points) raise :class:`NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nnsight
+import torch
+
+from moras_interp.models.interventions import HookContext, checked_edit
+
+BACKENDS = ("hooks", "nnsight")
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if valid; ``ValueError`` naming the choices otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: use 'hooks' (torch hooks, the fast local path) or 'nnsight' "
+                         "(nnsight intervention graphs, also remote).")
+    return backend
+
+
+@dataclass
+class Spec:
+    """One installed function as plain data for the graph.
+
+    Attributes:
+        name: canonical hook name. module: dotted module path (from the nnsight root). io: "input"/"output".
+        index: tuple element of the output, or None. vision: True for hooks that run only at the prefill of a
+            batch with images. fn: the function. read: observer. steps: None = every step, "decode" = steps ≥ 1,
+            or a frozenset of steps. layouts: passed in the context. stage: label for finite-check errors.
+    """
+
+    name: str
+    module: str
+    io: str
+    index: int | None
+    vision: bool
+    fn: Callable[[torch.Tensor, HookContext], Any]
+    read: bool
+    steps: Any
+    layouts: Any
+    stage: str
+    dtype: torch.dtype
+
+    def active(self, step: int) -> bool:
+        if self.steps is None:
+            return True
+        if self.steps == "decode":
+            return step >= 1
+        return step in self.steps
+
+    def last_step(self) -> int | None:
+        """The last step this function runs at (None: unbounded)."""
+        return None if self.steps is None or self.steps == "decode" else max(self.steps, default=-1)
+
+
+def _envoy(nn: Any, path: str) -> Any:
+    env = nn
+    for part in path.split("."):
+        env = getattr(env, part)
+    return env
+
+
+def _value(env: Any, spec: Spec) -> Any:
+    if spec.io == "input":
+        return env.input
+    return env.output if spec.index is None else env.output[spec.index]
+
+
+def _replace(env: Any, spec: Spec, new: torch.Tensor) -> None:
+    if spec.io == "input":
+        env.input = new
+    elif spec.index is None:
+        env.output = new
+    else:
+        items = list(env.output)
+        items[spec.index] = new
+        env.output = tuple(items)
+
+
+def _visit(nn: Any, groups: list[list[Spec]], step: int, has_images: bool, reads: list[Any]) -> None:
+    """One step: every group (specs of one module side, edits first) in execution order."""
+    for gi, group in enumerate(groups):
+        live = [s for s in group if s.active(step) and (not s.vision or (step == 0 and has_images))]
+        if not live:
+            continue
+        env = _envoy(nn, live[0].module)
+        for s in live:
+            value = _value(env, s)
+            ctx = HookContext(s.name, step, s.layouts)
+            if s.read:  # indices, not the spec: only plain values travel back from a remote run
+                reads.append((gi, group.index(s), step, value))
+                continue
+            new = checked_edit(s.fn, value, ctx, s.stage, s.dtype)
+            if new is not None:
+                _replace(env, s, new)
+
+
+def run_graph(nn: Any, inputs: dict[str, Any], groups: list[list[Spec]], *, generate: bool, n_steps: int,
+              kwargs: dict[str, Any], remote: bool | str = False) -> tuple[Any, list[Any]]:
+    """Run ``nn.generate`` (``generate=True``) or ``nn.trace`` over ``inputs`` with the specs' edits and reads.
+
+    ``n_steps``: how many steps the loop visits (1 for a forward). Returns (result, reads) where result is the
+    generate output (ids or a ``GenerateOutput``) or the forward output, and reads is a list of
+    (group index, spec index, step, value) in the order the values were produced (read functions are NOT
+    called here; see :func:`replay_reads`).
+    """
+    has_images = any(k in inputs for k in ("pixel_values", "pixel_values_images"))
+    opts: dict[str, Any] = {"remote": remote} if remote else {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*was never reached.*")  # early EOS: the loop's last step
+        if generate:  # the same graph twice: nnsight captures the body of the `with` that opened the tracer
+            with nn.generate(**kwargs, **opts) as tracer:
+                reads = nnsight.save([])
+                with tracer.invoke(**inputs):  # visits the steps: edits in place, reads saved
+                    for step in tracer.iter[:n_steps]:
+                        _visit(nn, groups, step, has_images, reads)
+                with tracer.invoke():  # the whole batch: the result survives an early EOS
+                    result = tracer.result.save()
+        else:
+            with nn.trace(**opts) as tracer:
+                reads = nnsight.save([])
+                with tracer.invoke(**inputs):
+                    for step in tracer.iter[:n_steps]:
+                        _visit(nn, groups, step, has_images, reads)
+                with tracer.invoke():
+                    result = tracer.result.save()
+    return result, list(reads)
+
+
+def replay_reads(groups: list[list[Spec]], reads: list[Any]) -> None:
+    """Call each read function on its saved value, in the order the values were produced."""
+    for gi, si, step, value in reads:
+        spec = groups[gi][si]
+        spec.fn(value, HookContext(spec.name, step, spec.layouts))
+
+
+def specs(model: Any) -> list[list[Spec]]:
+    """The edits and reads installed on ``model`` (``model.hooks``) as :class:`Spec` groups for :func:`run_graph`."""
+    from moras_interp.models.interventions import installed_entries
+
+    out = []
+    for group in installed_entries(model):
+        row = []
+        for e in group:
+            p = e.point
+            if p.io not in ("input", "output"):
+                raise NotImplementedError(
+                    f"{p.name} is a derived hook point (io={p.io!r}) that the nnsight backend cannot address as a "
+                    "module input/output; run it with backend='hooks'.")
+            if p.name.endswith("attn.hook_pattern") and model.attn_implementation != "eager":
+                raise ValueError(f"{p.name} needs eager attention; load the model with attn_implementation='eager'.")
+            row.append(Spec(p.name, p.module, p.io, p.index, p.name.startswith(("vision.", "projector.")), e.fn,
+                            e.read, e.steps, e.layouts, e.stage(), e.dtype))
+        out.append(row)
+    return out
+
+
+def n_loop_steps(groups: list[list[Spec]], n_forwards: int) -> int:
+    """How many steps the graph's loop must visit: up to the last step any function runs at."""
+    last = [s.last_step() for g in groups for s in g]
+    if any(x is None for x in last):
+        return n_forwards
+    return min(n_forwards, max(last, default=-1) + 1)
