@@ -282,7 +282,7 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
     handle = InterventionHandle()
 
     def active_now() -> bool:
-        s = handle.step
+        s = max(handle.step, 0)  # -1: before the first forward (HF generate may run the vision tower there)
         if decode_only:
             return s >= 1
         return allowed is None or s in allowed
@@ -311,7 +311,7 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
             if not active_now():
                 return None
             handle.calls[point.name] += 1
-            return HookContext(point.name, handle.step, layouts)
+            return HookContext(point.name, max(handle.step, 0), layouts)
 
         entry = _Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype,
                        steps="decode" if decode_only else (None if allowed is None else frozenset(allowed)),

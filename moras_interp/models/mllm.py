@@ -196,6 +196,19 @@ class MLLM(StageLabels):
         self._check_outputs(batch, {"hook_logits": logits}, stage)
         return logits
 
+    @contextmanager
+    def using(self, backend: str | None) -> Iterator[None]:
+        """Inside the block, forward / run_with_cache / generate default to ``backend`` ("hooks" or "nnsight";
+        None keeps the current default). Code written against ``model.hooks`` runs unchanged on either."""
+        if backend is None:
+            yield
+            return
+        before, self.backend = self.backend, self._backend(backend)
+        try:
+            yield
+        finally:
+            self.backend = before
+
     def _backend(self, backend: str | None) -> str:
         b = _graph.check_backend(backend or self.backend)
         if self.remote and b != "nnsight":
