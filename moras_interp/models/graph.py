@@ -65,6 +65,7 @@ class Spec:
     layouts: Any
     stage: str
     dtype: torch.dtype
+    sink: Callable[[Any], None] | None = None
 
     def active(self, step: int) -> bool:
         if self.steps is None:
@@ -110,11 +111,14 @@ def _visit(nn: Any, groups: list[list[Spec]], step: int, has_images: bool, reads
             continue
         env = _envoy(nn, live[0].module)
         for s in live:
+            si = group.index(s)
             value = _value(env, s)
-            ctx = HookContext(s.name, step, s.layouts)
             if s.read:  # indices, not the spec: only plain values travel back from a remote run
-                reads.append((gi, group.index(s), step, value))
+                reads.append(("read", gi, si, step, value))
                 continue
+            sink = None if s.sink is None else (
+                lambda x, gi=gi, si=si, step=step: reads.append(("record", gi, si, step, x)))
+            ctx = HookContext(s.name, step, s.layouts, sink)
             new = checked_edit(s.fn, value, ctx, s.stage, s.dtype)
             if new is not None:
                 _replace(env, s, new)
@@ -126,11 +130,13 @@ def run_graph(nn: Any, inputs: dict[str, Any], groups: list[list[Spec]], *, gene
 
     ``n_steps``: how many steps the loop visits (1 for a forward). Returns (result, reads) where result is the
     generate output (ids or a ``GenerateOutput``) or the forward output, and reads is a list of
-    (group index, spec index, step, value) in the order the values were produced (read functions are NOT
-    called here; see :func:`replay_reads`).
+    ("read" | "record", group index, spec index, step, value) in the order the values were produced (read
+    functions and sinks are NOT called here; see :func:`replay_reads`).
     """
     has_images = any(k in inputs for k in ("pixel_values", "pixel_values_images"))
     opts: dict[str, Any] = {"remote": remote} if remote else {}
+    if remote:  # the server has nnsight and torch but not this package: ship its code by value
+        nnsight.register("moras_interp")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*was never reached.*")  # early EOS: the loop's last step
         if generate:  # the same graph twice: nnsight captures the body of the `with` that opened the tracer
@@ -153,16 +159,24 @@ def run_graph(nn: Any, inputs: dict[str, Any], groups: list[list[Spec]], *, gene
 
 
 def replay_reads(groups: list[list[Spec]], reads: list[Any]) -> None:
-    """Call each read function on its saved value, in the order the values were produced."""
-    for gi, si, step, value in reads:
+    """Call each read function on its saved value and each sink on what ``ctx.record`` saved, in order."""
+    for kind, gi, si, step, value in reads:
         spec = groups[gi][si]
-        spec.fn(value, HookContext(spec.name, step, spec.layouts))
+        if kind == "read":
+            spec.fn(value, HookContext(spec.name, step, spec.layouts))
+        elif spec.sink is not None:
+            spec.sink(value)
 
 
 def specs(model: Any) -> list[list[Spec]]:
     """The edits and reads installed on ``model`` (``model.hooks``) as :class:`Spec` groups for :func:`run_graph`."""
     from moras_interp.models.interventions import installed_entries
 
+    decoder_cfg = getattr(model.adapter.module(model.adapter.decoder), "config", None)
+    if model.remote and getattr(decoder_cfg, "_attn_implementation", None) == "moras_edit":
+        raise NotImplementedError("Attention edits (moras_interp.attention.interventions) swap the local model's "
+                                  "attention function and cannot travel with a remote graph; run them on a local "
+                                  "model (remote=False), on either backend.")
     out = []
     for group in installed_entries(model):
         row = []
@@ -175,7 +189,7 @@ def specs(model: Any) -> list[list[Spec]]:
             if p.name.endswith("attn.hook_pattern") and model.attn_implementation != "eager":
                 raise ValueError(f"{p.name} needs eager attention; load the model with attn_implementation='eager'.")
             row.append(Spec(p.name, p.module, p.io, p.index, p.name.startswith(("vision.", "projector.")), e.fn,
-                            e.read, e.steps, e.layouts, e.stage(), e.dtype))
+                            e.read, e.steps, e.layouts, e.stage(), e.dtype, e.sink))
         out.append(row)
     return out
 

@@ -36,11 +36,21 @@ if TYPE_CHECKING:
 
 @dataclass
 class HookContext:
-    """What a hook function knows: the hook name, the step (0 = prefill) and the batch layouts."""
+    """What a hook function knows: the hook name, the step (0 = prefill) and the batch layouts.
+
+    ``ctx.record(value)`` hands a side result (e.g. a displacement norm) to the ``sink`` given to
+    ``model.hooks(..., sink=)``; on the nnsight backend it is saved in the graph and delivered after the run, so
+    it also comes back from a remote run (a list appended to inside an edit function would stay on the server).
+    """
 
     name: str
     step: int
     layouts: list[TokenLayout] | None = None
+    sink: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
+
+    def record(self, value: Any) -> None:
+        if self.sink is not None:
+            self.sink(value)
 
 
 HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
@@ -95,6 +105,7 @@ class _Entry:
     dispatcher: _Dispatcher | None = None
     steps: Any = None  # None (every step), "decode" or a frozenset: what the nnsight backend replays
     layouts: list[TokenLayout] | None = None
+    sink: Callable[[Any], None] | None = None
 
     def remove(self) -> None:
         if self.dispatcher is not None:
@@ -268,7 +279,8 @@ def edited_hooks(model: MLLM) -> list[str]:
 
 
 def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = None,
-            layouts: list[TokenLayout] | None = None, read: bool = False) -> InterventionHandle:
+            layouts: list[TokenLayout] | None = None, read: bool = False,
+            sink: Callable[[Any], None] | None = None) -> InterventionHandle:
     """Installs hooks and returns a handle (call ``handle.remove()``; prefer the ``model.hooks`` context).
 
     ``read=True``: the functions only observe (their return value is ignored) and run after every edit at
@@ -311,20 +323,21 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
             if not active_now():
                 return None
             handle.calls[point.name] += 1
-            return HookContext(point.name, max(handle.step, 0), layouts)
+            return HookContext(point.name, max(handle.step, 0), layouts, sink)
 
         entry = _Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype,
                        steps="decode" if decode_only else (None if allowed is None else frozenset(allowed)),
-                       layouts=layouts)
+                       layouts=layouts, sink=sink)
         handle._handles.append(_attach(model.adapter.module(point.module), entry))
     return handle
 
 
 @contextmanager
 def hooks(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = None,
-          layouts: list[TokenLayout] | None = None, read: bool = False) -> Iterator[InterventionHandle]:
+          layouts: list[TokenLayout] | None = None, read: bool = False,
+          sink: Callable[[Any], None] | None = None) -> Iterator[InterventionHandle]:
     """Context manager around :func:`install`; hooks are removed on exit, also after an exception."""
-    h = install(model, fwd_hooks, steps=steps, layouts=layouts, read=read)
+    h = install(model, fwd_hooks, steps=steps, layouts=layouts, read=read, sink=sink)
     try:
         yield h
     finally:

@@ -286,8 +286,13 @@ class MLLM(StageLabels):
         if return_logits:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
         with self.stage("generate", default=True):
+            if self._backend(backend) == "hooks":
+                hint = lambda: self._nonfinite_hint(inputs)  # noqa: E731 - computed only once an error is certain
+            else:  # the processor travels with a remote graph: it must not hold the model
+                text = self._nonfinite_hint(inputs)
+                hint = lambda: text  # noqa: E731
             check = FiniteLogits(self.stage_name or "generate", batch.prompts if isinstance(batch, Batch) else None,
-                                 self.dtype, lambda: self._nonfinite_hint(inputs))
+                                 self.dtype, hint)
             kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), check])
             out = self._generate(inputs, max_new_tokens, do_sample, kwargs, backend)
         seq = out if isinstance(out, torch.Tensor) else out.sequences
@@ -318,12 +323,15 @@ class MLLM(StageLabels):
 
     @contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, _iv.HookFn]], *, steps: _iv.Steps = None,
-              layouts: Any = None, read: bool = False) -> Iterator[_iv.InterventionHandle]:
+              layouts: Any = None, read: bool = False,
+              sink: Any = None) -> Iterator[_iv.InterventionHandle]:
         """Apply ``(name, fn)`` interventions inside the block, for chosen steps (0 = prefill, t = decode t).
 
         ``fn(value, ctx) -> new value | None``; ``ctx.step`` and ``ctx.layouts`` tell where it is. Edits at
         one hook run in installation order. ``read=True`` marks observers: their return value is ignored and
-        they run after every edit at the same hook, so they see the value the model goes on with.
+        they run after every edit at the same hook, so they see the value the model goes on with. ``sink``
+        receives what the functions pass to ``ctx.record(value)`` (on every backend, remote included). The
+        same installed functions run on either backend (``generate(..., backend="hooks" | "nnsight")``).
         """
-        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts, read=read) as h:
+        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts, read=read, sink=sink) as h:
             yield h

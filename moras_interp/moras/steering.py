@@ -45,13 +45,14 @@ def interpolate_towards(model: MLLM, targets: dict[str, torch.Tensor], strength:
             h = v[:, -1].float()
             delta = r[:, None] * (target[ctx.step].to(v.device).float()[None] - h)
             if norms is not None:
-                norms.append(delta.norm(dim=-1).cpu())
+                ctx.record(delta.norm(dim=-1).cpu())
             out = v.clone()
             out[:, -1] = (h + delta).to(v.dtype)
             return out
         return fn
 
-    with model.hooks([(h, make(h)) for h in targets], steps=range(steps)) as handle:
+    with model.hooks([(h, make(h)) for h in targets], steps=range(steps),
+                     sink=None if norms is None else norms.append) as handle:
         yield handle
 
 
