@@ -71,3 +71,25 @@ def test_collection_and_steering_serialise():
         torch.testing.assert_close(got.load(h), ref.load(h), rtol=1e-5, atol=1e-5)
     assert torch.equal(g.new_tokens, g_ref.new_tokens)
     torch.testing.assert_close(g.logits, g_ref.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_remote_true_builds_the_model_on_meta(tmp_path):
+    """A saved tiny checkpoint loaded with remote=True: no weights allocated, same module tree, parameter shapes
+    and hook names as the real load; running it needs a Hub id NDIF hosts, a local path is a clear error before
+    any network access."""
+    hf, proc = build_tiny("qwen2_vl")
+    hf.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    real = load_model(tmp_path, validate=False)
+    meta = load_model(tmp_path, remote=True)
+    params = dict(meta.hf.named_parameters())
+    assert params and all(p.is_meta for p in params.values()) and meta.on_meta
+    assert {n: p.shape for n, p in params.items()} == {n: p.shape for n, p in real.hf.named_parameters()}
+    assert meta.hook_names() == real.hook_names() and meta.backend == "nnsight"
+    assert meta.hook_point("blocks.1.hook_resid_post") == real.hook_point("blocks.1.hook_resid_post")
+    batch = meta.prepare([tiny_image()], ["what is in the image"])
+    assert batch.inputs["input_ids"].device.type == "cpu" and meta._inputs(batch)["input_ids"].device.type == "cpu"
+    with pytest.raises(ValueError, match="Hugging Face Hub id"):
+        meta.generate(batch, 1)
+    with pytest.raises(ValueError, match="only backend='nnsight'"):
+        meta.forward(batch, backend="hooks")

@@ -200,3 +200,17 @@ def n_loop_steps(groups: list[list[Spec]], n_forwards: int) -> int:
     if any(x is None for x in last):
         return n_forwards
     return min(n_forwards, max(last, default=-1) + 1)
+
+
+def check_remote(nn: Any, model_id: str) -> str:
+    """The nnsight model key of a remote model; a clear error when it has none (not loaded from a Hub id).
+
+    Whether NDIF actually hosts the model is only known to the server: a request for a model it does not serve
+    fails there, with the server's message naming the model (see docs/remote.md)."""
+    try:
+        return str(nn.to_model_key())
+    except Exception as e:  # HFValidationError for a local path or a module built here
+        raise ValueError(
+            f"{model_id!r} cannot run with remote=True: NDIF identifies a model by its Hugging Face Hub id (resolved "
+            f"through the Hub), and resolving this one failed ({type(e).__name__}: {e}). Load it as load_model('<org>/<name>', remote=True) with a "
+            "model NDIF hosts, or use remote='local' to test serialisation on local weights.") from e

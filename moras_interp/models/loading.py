@@ -152,7 +152,10 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         attn_implementation: "eager" (default: attention patterns readable everywhere) or "sdpa" (faster;
             ``cross_modal_attention`` stays exact). ``None`` keeps the model's setting.
         device_map: passed to ``from_pretrained`` (e.g. "auto" with accelerate for multi-GPU).
-        remote: passed to every nnsight trace (``True`` for NDIF, ``"local"`` to test serialisation).
+        remote: run every forward / generation as an nnsight graph on NDIF (``True``; the model is then built on
+            the meta device from its config: no weights are loaded or allocated here, and the id must be a Hub id
+            NDIF hosts) or ``"local"`` (serialise each graph as for NDIF and run it here, on local weights: a
+            test of remote readiness). See docs/remote.md.
         trust_remote_code: only when you trust the checkpoint's code.
         validate: resolve every hook name and check its shape on a tiny input (one forward).
         **hf_kwargs: forwarded to ``from_pretrained`` (e.g. ``revision``, ``local_files_only``).
@@ -177,6 +180,8 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         if attn_implementation is not None and hasattr(hf, "set_attn_implementation"):
             hf.set_attn_implementation(attn_implementation)
         model_id = registered or getattr(hf.config, "_name_or_path", None) or type(hf).__name__
+    elif remote:  # the weights stay on the server: build the architecture on the meta device only
+        return _load_meta(name, target, processor, remote, attn_implementation, trust_remote_code, hf_kwargs)
     else:
         from transformers import AutoModelForImageTextToText
 
@@ -211,3 +216,27 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
     if validate and not remote:
         model.validated_shapes = validate_hooks(model)
     return model
+
+
+def _load_meta(name: str, target: Any, processor: Any, remote: bool | str, attn_implementation: str | None,
+               trust_remote_code: bool, hf_kwargs: dict[str, Any]) -> MLLM:
+    """An :class:`MLLM` whose HF model lives on the meta device (shapes and module tree, no weights), wrapped
+    by an nnsight ``TransformersModel`` that knows its Hub id, for ``remote=True``."""
+    from nnsight import TransformersModel
+    from transformers import AutoConfig
+
+    pkw = {k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
+    try:
+        config = AutoConfig.from_pretrained(str(target), trust_remote_code=trust_remote_code, **pkw)
+    except OSError as e:
+        raise ModelNotFoundError(f"load_model({name!r}, remote=True): cannot read the model's config ({e}). "
+                                 "remote=True needs a Hugging Face Hub id (the config is read locally, the "
+                                 "weights stay on NDIF).") from e
+    if processor is None:
+        processor = _load_processor(str(target), config.model_type, trust_remote_code, pkw)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, **pkw}
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    nn = TransformersModel(str(target), task="image-text-to-text", dispatch=False, processor=processor,
+                           tokenizer=processor.tokenizer, **kw)
+    return MLLM(nn._module.eval(), processor, model_id=name, remote=remote, nn=nn)

@@ -135,7 +135,13 @@ class MLLM(StageLabels):
 
     def _inputs(self, batch: Batch | dict[str, Any]) -> dict[str, Any]:
         b = batch if isinstance(batch, Batch) else Batch(dict(batch), [], [], [])
-        return dict(b.to(self.device, self.dtype).inputs)
+        device = None if self.device.type == "meta" else self.device  # a remote model: inputs travel from CPU
+        return dict(b.to(device, self.dtype).inputs)
+
+    @property
+    def on_meta(self) -> bool:
+        """True when the weights are not here (``load_model(..., remote=True)``: built on the meta device)."""
+        return self.device.type == "meta"
 
     # ------------------------------------------------------------------ nnsight access
     def envoy(self, module_path: str) -> Any:
@@ -213,6 +219,11 @@ class MLLM(StageLabels):
         b = _graph.check_backend(backend or self.backend)
         if self.remote and b != "nnsight":
             raise ValueError(f"This model runs remotely (remote={self.remote!r}): only backend='nnsight' can run it.")
+        if self.remote is True:
+            _graph.check_remote(self.nn, self.model_id)
+        elif self.on_meta:
+            raise ValueError(f"{self.model_id}: the weights are on the meta device (loaded with remote=True); it "
+                             "can only run remotely (remote=True).")
         return b
 
     def _logits(self, batch: Batch | dict[str, Any], backend: str | None) -> torch.Tensor:
