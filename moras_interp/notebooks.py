@@ -1,14 +1,18 @@
 """Run the project's notebooks headless with parameters (papermill convention, via nbclient).
 
-The first code cell of each notebook in ``notebooks/`` is tagged ``parameters`` (model id or path, device,
-dtype, data, output folder). :func:`execute` inserts a cell with overrides right after it, runs every cell
-and raises :class:`NotebookError` naming the failing cell. ``python -m moras_interp.notebooks [--out DIR]``
-runs them all (this is how ``figures/`` is regenerated).
+Each notebook in ``notebooks/`` is a jupytext pair: ``NN_name.py`` (percent format, the reviewed source) and
+``NN_name.ipynb`` (what Jupyter opens); ``jupytext --sync notebooks/*.py`` brings them back in step. The first
+code cell is tagged ``parameters`` (model id or path, device, dtype, data, output folder). :func:`execute`
+inserts a cell with overrides right after it, runs every cell and raises :class:`NotebookError` naming the
+failing cell. ``python -m moras_interp.notebooks [--figures DIR]`` runs them all (this is how ``figures/`` is
+regenerated). Inside a notebook, :func:`relative_to_notebook` resolves a relative output folder against the
+notebook's own folder, whatever the kernel's working directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,17 +25,60 @@ class NotebookError(RuntimeError):
     """A notebook cell raised; the message names the notebook, the cell index and its source."""
 
 
+def notebook_dir() -> Path:
+    """Folder of the running notebook.
+
+    Read from ``JPY_SESSION_NAME`` (set by Jupyter server and by :func:`execute` for the kernel it starts),
+    then VS Code's ``__vsc_ipynb_file__``; otherwise the working directory (where Jupyter starts kernels).
+    """
+    session = os.environ.get("JPY_SESSION_NAME")
+    if session and Path(session).is_absolute():
+        return Path(session).parent
+    try:
+        from IPython import get_ipython
+
+        vsc = (get_ipython().user_ns if get_ipython() is not None else {}).get("__vsc_ipynb_file__")
+    except ImportError:
+        vsc = None
+    return Path(vsc).parent if vsc else Path.cwd()
+
+
+def relative_to_notebook(path: str | Path) -> Path:
+    """``path`` made absolute: a relative path is taken relative to the running notebook's folder."""
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else notebook_dir() / p).resolve()
+
+
+def read_notebook(path: str | Path) -> Any:
+    """An ``.ipynb`` (nbformat) or a jupytext percent-format ``.py`` notebook, as an nbformat node."""
+    path = Path(path)
+    if path.suffix == ".py":
+        try:
+            import jupytext
+        except ImportError as e:
+            raise NotebookError(f"{path} is a jupytext notebook; `pip install jupytext` to read it, "
+                                f"or run its paired {path.with_suffix('.ipynb').name}.") from e
+        return jupytext.read(path)
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
+
+
 def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, timeout: int = 900,
             cwd: str | Path | None = None, save_to: str | Path | None = None) -> Any:
-    """Execute a notebook with ``parameters`` overriding its ``parameters`` cell; returns the executed notebook."""
+    """Execute a notebook with ``parameters`` overriding its ``parameters`` cell; returns the executed notebook.
+
+    The kernel starts in ``cwd`` (default: the notebook's folder) and knows the notebook's path
+    (``JPY_SESSION_NAME``), so relative output folders resolve against the notebook either way.
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     from moras_interp.atomic import atomic_write_text
 
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
+    path = Path(path).resolve()
+    nb = read_notebook(path)
     if parameters:
         idx = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
         if idx is None:
@@ -42,7 +89,7 @@ def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, ti
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     try:
-        client.execute()
+        client.execute(env={**os.environ, "JPY_SESSION_NAME": str(path)})
     except CellExecutionError as e:
         raise NotebookError(f"{path.name} failed: {str(e)[:4000]}") from e
     finally:

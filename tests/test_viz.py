@@ -6,7 +6,6 @@ import base64
 import io
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 import torch
 from PIL import Image
@@ -249,17 +248,21 @@ def test_save_png_without_browser(tmp_path, monkeypatch, w, h, scale):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]  # no temp files left
 
 
-def test_save_png_falls_back_when_kaleido_fails(tmp_path, monkeypatch):
+def test_save_png_with_a_browser_does_not_hide_a_kaleido_failure(tmp_path, monkeypatch):
+    """The matplotlib renderer is a fallback for machines WITHOUT a browser; a failing kaleido is an error."""
     monkeypatch.setattr(export_mod, "kaleido_available", lambda: True)
 
     def boom(*a, **k):
         raise RuntimeError("no chrome")
 
-    monkeypatch.setattr(go.Figure, "to_image", boom)
-    out = save_png(_demo_fig(), tmp_path / "f.png", width=200, height=150)
-    assert Image.open(out).size == (200, 150)
-    with pytest.raises(RuntimeError):
-        save_png(_demo_fig(), tmp_path / "g.png", engine="kaleido")
+    monkeypatch.setattr(export_mod, "_kaleido_png", boom)
+    for engine in ("auto", "kaleido"):
+        with pytest.raises(RuntimeError, match="no chrome"):
+            save_png(_demo_fig(), tmp_path / "g.png", engine=engine)
+    assert not (tmp_path / "g.png").exists()
+    monkeypatch.setattr(export_mod, "kaleido_available", lambda: False)
+    out = save_png(_demo_fig(), tmp_path / "f.png", width=400, height=300)  # no browser: the fallback
+    assert Image.open(out).size == (400, 300)
 
 
 def test_save_html(tmp_path):
@@ -268,6 +271,10 @@ def test_save_html(tmp_path):
     assert "plotly" in text.lower() and len(text) > 1_000_000  # plotly.js inlined
     cdn = save_html(_demo_fig(), tmp_path / "c.html", include_plotlyjs="cdn").read_text()
     assert "cdn.plot.ly" in cdn and len(cdn) < len(text)
+    d = save_html(_demo_fig(), tmp_path / "d" / "f.html", include_plotlyjs="directory").read_text()
+    assert 'src="plotly.min.js"' in d and (tmp_path / "d" / "plotly.min.js").stat().st_size > 1_000_000
+    with pytest.raises(ValueError, match="include_plotlyjs must be one of"):
+        save_html(_demo_fig(), tmp_path / "x.html", include_plotlyjs="inline")
 
 
 def test_npz_round_trip_and_no_pickle(tmp_path):

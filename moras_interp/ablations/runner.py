@@ -148,26 +148,56 @@ def _label(v: Any) -> str:
     return str(v)
 
 
+def _n_label(df: pd.DataFrame) -> str:
+    """How many examples stand behind each point: ``"12 per setting"`` (or ``"3–5 per setting"``)."""
+    sizes = df.groupby("setting").size() if "setting" in df.columns else pd.Series([len(df)])
+    lo, hi = int(sizes.min()), int(sizes.max())
+    return f"{lo} per setting" if lo == hi else f"{lo}–{hi} per setting"
+
+
 def metric_vs_factor(df: pd.DataFrame, factor: str, metric: str, *, color: str | None = None, title: str = "") -> Any:
-    """Plotly line/marker figure of the mean metric per factor value (one line per ``color`` value)."""
+    """Plotly line/marker figure of the mean metric per factor value (one line per ``color`` value).
+
+    The factor axis is categorical (one tick per setting, None included); the title names the n."""
     import plotly.graph_objects as go
+
+    from moras_interp.viz.style import style_chart
 
     fig = go.Figure()
     groups = [(None, df)] if color is None else list(df.groupby(color, dropna=False))
+    order = [_label(v) for v in pd.unique(df[factor])]
     for name, g in groups:
-        agg = g.groupby(factor, dropna=False)[metric].mean().reset_index()
-        fig.add_scatter(x=[_label(v) for v in agg[factor]], y=agg[metric], mode="lines+markers",
-                        name=str(name) if color else metric)
-    fig.update_layout(title=title or f"{metric} vs {factor}", xaxis_title=factor, yaxis_title=metric)
+        agg = g.groupby(factor, dropna=False)[metric].agg(["mean", "size"]).reset_index()
+        agg = agg.assign(_x=agg[factor].map(_label)).set_index("_x").reindex([o for o in order if o in set(
+            agg[factor].map(_label))]).reset_index()
+        fig.add_scatter(x=list(agg["_x"]), y=agg["mean"], mode="lines+markers",
+                        name=f"{color} = {_label(name)}" if color else metric, customdata=agg["size"],
+                        hovertemplate="%{x}: %{y:.3g} (n = %{customdata})<extra></extra>")
+    style_chart(fig, title=title or f"{metric} vs {factor}", x_title=factor, y_title=f"mean {metric}",
+                n=len(df), x_kind="category")
+    fig.update_xaxes(categoryorder="array", categoryarray=order)
     return fig
 
 
 def two_factor_heatmap(df: pd.DataFrame, x: str, y: str, metric: str, *, title: str = "") -> Any:
-    """Plotly heatmap of the mean metric over two factors."""
+    """Plotly heatmap of the mean metric over two factors: categorical axes (None is a category), the value
+    written in each cell, a note when every cell holds the same value."""
+    import numpy as np
     import plotly.graph_objects as go
 
-    piv = df.pivot_table(index=y, columns=x, values=metric, aggfunc="mean", dropna=False)
-    fig = go.Figure(go.Heatmap(z=piv.values, x=[str(c) for c in piv.columns], y=[str(i) for i in piv.index],
-                               colorscale="Viridis", colorbar={"title": metric}))
-    fig.update_layout(title=title or f"{metric} over {x} × {y}", xaxis_title=x, yaxis_title=y)
+    from moras_interp.viz.style import SEQUENTIAL, constant_note, degenerate_range, style_chart
+
+    keyed = df.assign(**{x: df[x].map(_label), y: df[y].map(_label)})
+    piv = keyed.pivot_table(index=y, columns=x, values=metric, aggfunc="mean", dropna=False)
+    piv = piv.reindex(index=list(dict.fromkeys(keyed[y])), columns=list(dict.fromkeys(keyed[x])))
+    z = piv.to_numpy(dtype=float)
+    fin = z[np.isfinite(z)]
+    lo, hi = degenerate_range(float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
+    fig = go.Figure(go.Heatmap(z=z, x=list(piv.columns), y=list(piv.index), colorscale=SEQUENTIAL,
+                               zmin=lo, zmax=hi, texttemplate="%{z:~.3g}", colorbar={"title": {"text": f"mean {metric}", "side": "right"}},
+                               hovertemplate=f"{x}=%{{x}}, {y}=%{{y}}: %{{z:.3g}}<extra></extra>"))
+    note = constant_note(z)
+    text = (title or f"{metric} over {x} × {y}") + (f"<br>{note}" if note else "")
+    style_chart(fig, title=text, x_title=x, y_title=y, n=_n_label(df), x_kind="category", y_kind="category",
+                width=max(560, 120 * z.shape[1] + 260), height=max(380, 90 * z.shape[0] + 200))
     return fig

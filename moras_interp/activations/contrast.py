@@ -148,4 +148,5 @@ def separability_figure_by_condition(results: dict[str, LayerSeparability], titl
     if len(layers) != 1:
         raise ValueError(f"all conditions need the same layers, got {sorted(layers)}.")
     return separability_panel({k: r.fdr for k, r in results.items()}, {k: r.auroc for k, r in results.items()},
-                              title, layers=list(next(iter(layers))), log_fdr=log_fdr)
+                              title, layers=list(next(iter(layers))), log_fdr=log_fdr,
+                              n=", ".join(sorted({f"{r.n_a} vs {r.n_b}" for r in results.values()})) + " examples")

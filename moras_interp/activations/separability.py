@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 FdrMethod = Literal["auto", "direct", "woodbury"]
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def _check_finite(x: torch.Tensor, what: str) -> None:
@@ -199,23 +198,29 @@ def separability_figure(curves: dict[str, torch.Tensor], metric: str = "FDR", ti
     """One line per condition (e.g. "plain" vs "reformulated") of a metric [L] across layers."""
     import plotly.graph_objects as go
 
+    from moras_interp.viz.style import OKABE_ITO as _COLORS
+    from moras_interp.viz.style import style_chart
+
     fig = go.Figure()
     for i, (name, (x, y)) in enumerate(_layer_axis(curves, layers).items()):
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name,
                                  line={"color": _COLORS[i % len(_COLORS)]}))
     if metric.upper() == "AUROC" and not log_y:
         fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
-    fig.update_layout(title=title or f"{metric} across layers", xaxis_title="layer", yaxis_title=metric,
-                      template="plotly_white", hovermode="x unified")
+    style_chart(fig, title=title or f"{metric} across layers", x_title="layer", y_title=metric, x_kind="integer")
+    fig.update_layout(hovermode="x unified")
     if log_y:
         fig.update_yaxes(type="log")
     return fig
 
 
 def separability_panel(fdr: dict[str, torch.Tensor], auroc: dict[str, torch.Tensor], title: str | None = None, *,
-                       layers: list[int] | None = None, log_fdr: bool = False) -> go.Figure:
+                       layers: list[int] | None = None, log_fdr: bool = False, n: str | None = None) -> go.Figure:
     """Two panels side by side: FDR [L] and AUROC [L] per condition, one colour per condition."""
     from plotly.subplots import make_subplots
+
+    from moras_interp.viz.style import OKABE_ITO as _COLORS
+    from moras_interp.viz.style import style_chart
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Fisher discriminant ratio", "held-out AUROC"))
     names = list(dict.fromkeys([*fdr, *auroc]))
@@ -225,8 +230,8 @@ def separability_panel(fdr: dict[str, torch.Tensor], auroc: dict[str, torch.Tens
             fig.add_scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1
                             or name not in fdr, line={"color": color}, row=1, col=col)
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey", row=1, col=2)
-    fig.update_xaxes(title_text="layer")
-    fig.update_yaxes(title_text="FDR", type="log" if log_fdr else None, row=1, col=1)
-    fig.update_yaxes(title_text="AUROC", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(title=title or "Separability across layers", template="plotly_white")
+    style_chart(fig, title=title or "Separability across layers", x_title="layer", y_title="", x_kind="integer",
+                width=1000, height=460, n=n)
+    fig.update_yaxes(title_text="FDR (between / within class)", type="log" if log_fdr else None, row=1, col=1)
+    fig.update_yaxes(title_text="AUROC (held-out)", range=[0, 1.02], row=1, col=2)
     return fig

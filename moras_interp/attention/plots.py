@@ -26,6 +26,7 @@ from PIL import Image
 from moras_interp.viz import describe, difference_map, heatmap_over_image, token_map
 from moras_interp.viz import layer_head_grid as _layer_head_grid
 from moras_interp.viz import small_multiples as _small_multiples
+from moras_interp.viz.style import ellipsize
 
 if TYPE_CHECKING:
     from moras_interp.attention.result import Box, CrossModalAttention, HeadSpec
@@ -54,7 +55,7 @@ def _heads_label(heads: HeadSpec, pairs: list[tuple[int, int]]) -> Any:
 
 def _subtitle(attn: CrossModalAttention, example: int) -> str:
     prompt = attn.prompts[example] if example < len(attn.prompts) else ""
-    prompt = prompt if len(prompt) <= 70 else prompt[:67] + "…"
+    prompt = ellipsize(prompt, 70)
     q = f"query: {attn.query}" if attn.query else ""
     return " · ".join(p for p in (q, f"“{prompt}”" if prompt else "") if p)
 
@@ -163,8 +164,8 @@ def difference(attn: CrossModalAttention, other: CrossModalAttention, example: i
     heat_b = token_heat(other, oe, other.aggregate(oe, pairs, image), image, grid=grid)
     pa = attn.prompts[example] if example < len(attn.prompts) else "A"
     pb = other.prompts[oe] if oe < len(other.prompts) else "B"
-    lines = [describe(model_name(attn.model_id), ls, _heads_label(heads, pairs)), f"<sup>A: “{pa[:50]}”</sup>",
-             f"<sup>B: “{pb[:50]}”</sup>"]
+    lines = [describe(model_name(attn.model_id), ls, _heads_label(heads, pairs)), f"<sup>A: “{ellipsize(pa, 50)}”</sup>",
+             f"<sup>B: “{ellipsize(pb, 50)}”</sup>"]
     if box is not None:
         lines.append(f"<sup>region share {cmp['share_a']:.3f} → {cmp['share_b']:.3f} "
                      f"({cmp['share_change']:+.3f})</sup>")

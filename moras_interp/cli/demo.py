@@ -32,7 +32,7 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int) -> tuple
 
     def export(fig: Any, name: str) -> None:
         files.append(save_png(fig, out / f"{name}.png"))
-        files.append(save_html(fig, out / f"{name}.html", include_plotlyjs="directory"))
+        files.append(save_html(fig, out / f"{name}.html"))
 
     qs = [e for e in examples if e.label == "unsafe" and e.image is not None and e.region is not None]
     if not qs:

@@ -1,7 +1,6 @@
 """Results of a MoRAS evaluation: the per-method table and its figures (risk histogram, ASR / over-refusal bars).
 
-Figures are plotly (saved as standalone HTML with :func:`moras_interp.viz.save_html`) plus a matplotlib PNG
-of the same data (bars and histograms are outside the vocabulary of the viz PNG renderer).
+Figures are plotly, saved as standalone HTML and PNG (:func:`moras_interp.viz.save_html` / ``save_png``).
 """
 
 from __future__ import annotations
@@ -11,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from moras_interp.atomic import atomic_write
 from moras_interp.eval.metrics import contains_accuracy, summarise
-from moras_interp.viz.export import save_html
+from moras_interp.viz.export import save_html, save_png
+from moras_interp.viz.style import SAFE, UNSAFE, style_chart
 
 STAGES: tuple[str, ...] = ("context", "risk", "caption", "answer")
 
@@ -55,68 +53,42 @@ def risk_histogram(records: pd.DataFrame, method: str = "moras", value: str = "r
     """Overlaid histograms of ``value`` (risk r or similarity s) for safe vs unsafe examples of ``method``."""
     g = records[records["method"] == method]
     fig = go.Figure()
-    for lab, colour in (("safe", "#2b8cbe"), ("unsafe", "#e34a33")):
+    for lab, colour in (("safe", SAFE), ("unsafe", UNSAFE)):
         v = pd.to_numeric(g.loc[g["label"] == lab, value], errors="coerce").dropna()
         fig.add_histogram(x=v.tolist(), name=f"{lab} (n={len(v)})", opacity=0.6, marker_color=colour,
                           xbins={"start": 0.0, "end": 1.0, "size": 0.05})
-    fig.update_layout(barmode="overlay", title=f"{method}: {value} on safe vs unsafe queries", xaxis_title=value,
-                      yaxis_title="queries", xaxis_range=[0, 1])
+    style_chart(fig, title=f"{method}: {value} on safe vs unsafe queries", x_title=f"{value} (0–1)",
+                y_title="queries (count)", n=len(g))
+    fig.update_layout(barmode="overlay", xaxis_range=[0, 1])
     return fig
 
 
 def rate_bars(table: pd.DataFrame) -> go.Figure:
     """Grouped bars per method: attack success rate (unsafe answered) and over-refusal (safe refused)."""
     fig = go.Figure()
-    for col, name, colour in (("asr", "attack success rate (unsafe)", "#e34a33"),
-                              ("over_refusal", "over-refusal (safe)", "#2b8cbe")):
+    for col, name, colour in (("asr", "attack success rate (unsafe answered)", UNSAFE),
+                              ("over_refusal", "over-refusal (safe refused)", SAFE)):
         fig.add_bar(x=list(table["method"]), y=[None if pd.isna(v) else float(v) for v in table[col]], name=name,
-                    marker_color=colour)
-    fig.update_layout(barmode="group", title="ASR and over-refusal per method", yaxis_title="rate", yaxis_range=[0, 1])
+                    marker_color=colour, texttemplate="%{y:.2f}", textposition="outside")
+    n = int(table["n"].max()) if "n" in table and len(table) else None
+    style_chart(fig, title="Attack success and over-refusal per method", x_title="method",
+                y_title="rate (fraction of queries)", n=None if n is None else f"{n} per method", x_kind="category")
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.12])
     return fig
 
 
-def _save_png_atomic(path: Path, draw: Any) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    draw(fig.add_subplot(1, 1, 1))
-    fig.tight_layout()
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
-
-
 def write_figures(records: pd.DataFrame, table: pd.DataFrame, out: str | Path) -> dict[str, Path]:
-    """Writes rates.{html,png} and, for each method with a risk score, risk_<method>.{html,png} into ``out``."""
+    """Writes rates.{html,png} and, for each method with a risk score, risk_<method>.{html,png} into ``out``
+    (standalone HTML; PNG from the same plotly figure via :func:`moras_interp.viz.save_png`)."""
     out = Path(out)
-    files: dict[str, Path] = {"rates_html": save_html(rate_bars(table), out / "rates.html", include_plotlyjs=True)}
-
-    def bars(ax: Any) -> None:
-        x = np.arange(len(table))
-        ax.bar(x - 0.2, table["asr"].fillna(0), 0.4, label="attack success rate (unsafe)", color="#e34a33")
-        ax.bar(x + 0.2, table["over_refusal"].fillna(0), 0.4, label="over-refusal (safe)", color="#2b8cbe")
-        ax.set_xticks(x, list(table["method"]))
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("rate")
-        ax.legend()
-
-    files["rates_png"] = _save_png_atomic(out / "rates.png", bars)
+    figs = {"rates": rate_bars(table)}
     risky = [m for m in table["method"] if m in ("moras",) or
              pd.to_numeric(records.loc[records["method"] == m, "risk"], errors="coerce").nunique() > 1]
-    for m in risky:
-        files[f"risk_{m}_html"] = save_html(risk_histogram(records, m), out / f"risk_{m}.html", include_plotlyjs=True)
-
-        def hist(ax: Any, m: str = m) -> None:
-            g = records[records["method"] == m]
-            for lab, colour in (("safe", "#2b8cbe"), ("unsafe", "#e34a33")):
-                v = pd.to_numeric(g.loc[g["label"] == lab, "risk"], errors="coerce").dropna()
-                ax.hist(v, bins=np.linspace(0, 1, 21), alpha=0.6, color=colour, label=f"{lab} (n={len(v)})")
-            ax.set_xlabel("risk r")
-            ax.set_ylabel("queries")
-            ax.set_title(f"{m}: risk on safe vs unsafe queries")
-            ax.legend()
-
-        files[f"risk_{m}_png"] = _save_png_atomic(out / f"risk_{m}.png", hist)
+    figs |= {f"risk_{m}": risk_histogram(records, m) for m in risky}
+    files: dict[str, Path] = {}
+    for name, fig in figs.items():
+        files[f"{name}_html"] = save_html(fig, out / f"{name}.html")
+        files[f"{name}_png"] = save_png(fig, out / f"{name}.png")
     return files
 
 

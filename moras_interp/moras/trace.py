@@ -142,11 +142,14 @@ class MoRASTrace:
         """Plotly bar chart of the stage-2 top-k next-token distributions with s and r in the title."""
         import plotly.graph_objects as go
 
+        from moras_interp.viz.style import style_chart
+
         fig = go.Figure()
         for t, step in enumerate(self.stage2_topk):
-            fig.add_bar(name=f"step {t}", x=[tok for tok, _ in step], y=[p for _, p in step])
+            fig.add_bar(name=f"step {t}", x=[repr(tok) for tok, _ in step], y=[p for _, p in step])
         s = "—" if self.similarity is None else f"{self.similarity:.3f}"
         r = "—" if self.risk is None else f"{self.risk:.3f}"
-        fig.update_layout(title=f"stage-2 next-token distributions · s = {s} · r = {r}", barmode="group",
-                          yaxis_title="probability")
+        style_chart(fig, title=f"stage-2 next-token distributions (top-k per step) · s = {s} · r = {r}",
+                    x_title="next token", y_title="probability", n="1 query", x_kind="category")
+        fig.update_layout(barmode="group")
         return fig

@@ -3,18 +3,25 @@
 Every writer is atomic: it writes a temporary file next to the target and ``os.replace``-s it, so a
 crash never leaves a half-written figure or array file behind.
 
-PNG: ``save_png`` uses kaleido (``fig.to_image``) only when a Chrome/Chromium is installed (a cheap
-PATH / ``BROWSER_PATH`` / choreographer-download lookup, no browser start), and otherwise — or when
-kaleido fails — renders the SAME plotly figure with matplotlib's Agg backend via
-:func:`moras_interp.viz.mpl.figure_to_matplotlib`. There is no second figure description to keep in
-sync: the plotly figure is the spec.
+PNG: ``save_png`` renders through plotly's own engine, kaleido, with a Chrome/Chromium (found on ``PATH``,
+e.g. Debian's ``apt-get install chromium``, or named by the ``BROWSER_PATH`` environment variable that
+kaleido's browser driver, choreographer, reads). One headless browser is started per process on first use
+and reused (stopped at exit). Only when no browser exists does it fall back — with a logged warning — to
+the documented matplotlib renderer :func:`moras_interp.viz.mpl.figure_to_matplotlib`, which draws the SAME
+plotly figure (the figure is the single spec) for the trace types the project uses and refuses others.
+
+HTML: standalone by default (plotly.js inlined once per file, works offline and when copied elsewhere);
+``include_plotlyjs="cdn"`` or ``"directory"`` are explicit opt-ins.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,11 +43,21 @@ def _as_figure(fig: go.Figure | dict) -> go.Figure:
     return fig if isinstance(fig, go.Figure) else go.Figure(fig)
 
 
-def save_html(fig: go.Figure | dict, path: PathLike, *, include_plotlyjs: bool | str = True) -> Path:
-    """Write a standalone HTML file; ``include_plotlyjs=True`` inlines plotly.js (works offline),
-    ``"cdn"`` links it (small file, needs internet), ``"directory"`` links a ``plotly.min.js`` written once
-    next to the file (small files that work offline: for folders of many figures). Returns the path."""
-    html = _as_figure(fig).to_html(full_html=True, include_plotlyjs=include_plotlyjs)
+PLOTLYJS_OPTIONS = (True, "cdn", "directory")
+
+
+def save_html(fig: go.Figure | dict, path: PathLike, *, include_plotlyjs: bool | str = True,
+              auto_play: bool = False) -> Path:
+    """Write an HTML file of the figure. Returns the path.
+
+    ``include_plotlyjs=True`` (default) inlines plotly.js once: the file is standalone (offline, copyable).
+    ``"cdn"`` links it from the plotly CDN (small file, needs internet); ``"directory"`` links a
+    ``plotly.min.js`` written once next to the file (small files for a folder of many figures, which only
+    render while that file sits beside them). Figures with frames (sliders) do not auto-play.
+    """
+    if include_plotlyjs not in PLOTLYJS_OPTIONS:
+        raise ValueError(f"include_plotlyjs must be one of {PLOTLYJS_OPTIONS}, got {include_plotlyjs!r}")
+    html = _as_figure(fig).to_html(full_html=True, include_plotlyjs=include_plotlyjs, auto_play=auto_play)
     if include_plotlyjs == "directory":
         js = Path(path).parent / "plotly.min.js"
         if not js.exists():
@@ -51,17 +68,51 @@ def save_html(fig: go.Figure | dict, path: PathLike, *, include_plotlyjs: bool |
     return atomic_write(path, lambda fh: fh.write(html.encode("utf-8")))
 
 
+def browser_path() -> str | None:
+    """The Chrome/Chromium kaleido will use: ``BROWSER_PATH`` if set, else the first of chromium /
+    chromium-browser / google-chrome on ``PATH``, else choreographer's own lookup; ``None`` if none."""
+    env = os.environ.get("BROWSER_PATH")
+    if env:
+        return env if Path(env).exists() else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        from choreographer.browsers.chromium import Chromium
+
+        found = Chromium.find_browser(skip_local=False)
+        return str(found) if found else None
+    except Exception:
+        return None
+
+
 def kaleido_available() -> bool:
     """Whether kaleido can render: kaleido is importable and a Chrome/Chromium binary is found."""
     try:
         import kaleido  # noqa: F401
-        from choreographer.browsers.chromium import Chromium
     except ImportError:
         return False
-    try:
-        return Chromium.find_browser(skip_local=False) is not None
-    except Exception:
-        return False
+    return browser_path() is not None
+
+
+_SERVER: dict[str, bool] = {"started": False}
+
+
+def _kaleido_png(fig: go.Figure, width: int, height: int, scale: float) -> bytes:
+    """PNG bytes from kaleido, through one headless browser kept for the life of the process."""
+    import kaleido
+
+    path = browser_path()
+    if path and not os.environ.get("BROWSER_PATH"):
+        os.environ["BROWSER_PATH"] = path  # choreographer's lookup, made explicit
+    if not _SERVER["started"]:
+        kaleido.start_sync_server(silence_warnings=True)
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+        _SERVER["started"] = True
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+        return fig.to_image(format="png", width=width, height=height, scale=scale)
 
 
 def save_png(
@@ -79,22 +130,24 @@ def save_png(
         fig: a plotly figure (or its dict form) — e.g. one built by :mod:`moras_interp.viz.figures`.
         width, height: layout pixels; default the figure's own ``layout.width/height``, else 900 x 600.
         scale: pixel-density multiplier (2 → twice the pixels, same layout).
-        engine: ``"auto"`` (kaleido if a browser is available, matplotlib otherwise or on failure),
-            ``"kaleido"`` (no fallback) or ``"matplotlib"``.
+        engine: ``"auto"`` (kaleido when a browser is available, else the matplotlib fallback with a
+            warning), ``"kaleido"`` (an error without a browser) or ``"matplotlib"``.
     """
     if engine not in ("auto", "kaleido", "matplotlib"):
         raise ValueError(f"engine must be 'auto', 'kaleido' or 'matplotlib', got {engine!r}")
     f = _as_figure(fig)
     w = int(width or f.layout.width or 900)
     h = int(height or f.layout.height or 600)
+    if engine == "kaleido" and not kaleido_available():
+        raise RuntimeError("engine='kaleido' needs `pip install kaleido` and a Chrome/Chromium: "
+                           "`apt-get install chromium`, or set BROWSER_PATH to a Chrome binary.")
     if engine == "kaleido" or (engine == "auto" and kaleido_available()):
-        try:
-            png = f.to_image(format="png", width=w, height=h, scale=scale)
-            return atomic_write(path, lambda fh: fh.write(png))
-        except Exception as exc:
-            if engine == "kaleido":
-                raise
-            log.warning("kaleido PNG export failed (%s); falling back to matplotlib", exc)
+        png = _kaleido_png(f, w, h, scale)
+        return atomic_write(path, lambda fh: fh.write(png))
+    if engine == "auto" and not _SERVER.get("warned"):
+        log.warning("no Chrome/Chromium for kaleido: PNGs use the matplotlib fallback renderer "
+                    "(install one with `apt-get install chromium` or set BROWSER_PATH)")
+        _SERVER["warned"] = True
     mfig = figure_to_matplotlib(f, width=w, height=h, scale=scale)
     return atomic_write(path, lambda fh: mfig.savefig(fh, format="png", dpi=100 * scale))
 

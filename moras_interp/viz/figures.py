@@ -25,11 +25,13 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from moras_interp.viz.style import degenerate_range, title_lines, wrap_title
+
 Box = tuple[float, float, float, float]
 ImageLike = Image.Image | np.ndarray | None
 
 BOX_COLOR = "#00e5ff"
-_MARGIN = {"l": 60, "r": 110, "t": 70, "b": 50}
+_MARGIN = {"l": 64, "r": 140, "t": 70, "b": 64}
 
 
 def _image_size(image: ImageLike, heat: np.ndarray) -> tuple[int, int]:
@@ -106,7 +108,7 @@ def _range(heats: Sequence[np.ndarray], zmin: float | None, zmax: float | None) 
     finite = [f for f in finite if f.size]
     lo = zmin if zmin is not None else (min(float(f.min()) for f in finite) if finite else 0.0)
     hi = zmax if zmax is not None else (max(float(f.max()) for f in finite) if finite else 1.0)
-    return (lo, hi) if hi > lo else (lo, lo + 1e-12)
+    return degenerate_range(lo, hi)
 
 
 def _panel_size(size: tuple[int, int], target: int) -> tuple[int, int]:
@@ -116,8 +118,10 @@ def _panel_size(size: tuple[int, int], target: int) -> tuple[int, int]:
 
 def _finish(fig: go.Figure, title: str, width: int, height: int) -> go.Figure:
     """The layout every figure shares: centred title, ``_MARGIN``, white background, the given size."""
-    fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, margin=_MARGIN, width=width,
-                      height=height, plot_bgcolor="white", paper_bgcolor="white")
+    text = wrap_title(title, width - 40)
+    extra = max(0, title_lines(text) - 2) * 24  # _MARGIN["t"] holds two lines
+    fig.update_layout(title={"text": text, "x": 0.5, "xanchor": "center"}, margin={**_MARGIN, "t": _MARGIN["t"] + extra},
+                      width=width, height=height + extra, plot_bgcolor="white", paper_bgcolor="white")
     return fig
 
 
@@ -172,7 +176,7 @@ def difference_map(
     d = _as_heat(heat_a) - _as_heat(heat_b)
     finite = d[np.isfinite(d)]
     m = float(np.abs(finite).max()) if finite.size else 0.0
-    m = m if m > 0 else 1e-12
+    m = m if m > 0 else 1.0
     return heatmap_over_image(image, d, title=title, colorscale=colorscale, opacity=opacity, box=box,
                               zmin=-m, zmax=m, zmid=0.0, colorbar_title=colorbar_title)
 
@@ -208,8 +212,11 @@ def layer_head_grid(
     for layer, head in highlight or []:
         r, c = ly.index(int(layer)), hx.index(int(head))
         _outline(fig, c - 0.5, r - 0.5, c + 0.5, r + 0.5)
-    xt = {} if heads is None else {"tickvals": list(range(n_heads)), "ticktext": [str(v) for v in hx]}
-    yt = {} if layers is None else {"tickvals": list(range(n_layers)), "ticktext": [str(v) for v in ly]}
+    def ticks(n: int) -> dict:  # whole numbers only: a head or layer 0.5 does not exist
+        return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(n / 16)), "tickformat": "d"}
+
+    xt = ticks(n_heads) if heads is None else {"tickvals": list(range(n_heads)), "ticktext": [str(v) for v in hx]}
+    yt = ticks(n_layers) if layers is None else {"tickvals": list(range(n_layers)), "ticktext": [str(v) for v in ly]}
     fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False, **xt)
     fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, **yt)
     return _finish(fig, title, max(420, 18 * n_heads + 260), max(320, 14 * n_layers + 160))

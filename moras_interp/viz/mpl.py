@@ -24,9 +24,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from moras_interp.viz.mpl_charts import draw_charts
+from moras_interp.viz.style import degenerate_range
 
 _DEFAULT_MARGIN = {"l": 80, "r": 80, "t": 100, "b": 80}
 _PT = 0.72  # points per layout pixel (the canvas has 100 dpi per unit of scale)
@@ -108,7 +110,7 @@ def _zrange(trace: Any, z: np.ndarray) -> tuple[float, float]:
         lo, hi = trace.zmid - m, trace.zmid + m
     lo = float(trace.zmin) if trace.zmin is not None else lo
     hi = float(trace.zmax) if trace.zmax is not None else hi
-    return (lo, hi) if hi > lo else (lo, lo + 1e-12)
+    return degenerate_range(lo, hi)
 
 
 class _Canvas:
@@ -122,6 +124,7 @@ class _Canvas:
         self.m = {k: float(getattr(m, k) if getattr(m, k) is not None else v) for k, v in _DEFAULT_MARGIN.items()}
         self.axes: dict[tuple[str, str], Any] = {}
         self.extent: dict[tuple[str, str], list[float]] = {}
+        self.cats: dict[tuple[str, str], list[str]] = {}  # ("x" | "y", axis id) -> heatmap categories
 
     def paper(self, x: float, y: float) -> tuple[float, float]:
         pw, ph = self.w - self.m["l"] - self.m["r"], self.h - self.m["t"] - self.m["b"]
@@ -146,6 +149,39 @@ class _Canvas:
         e[:] = [min(e[0], x0, x1), max(e[1], x0, x1), min(e[2], y0, y1), max(e[3], y0, y1)]
 
 
+SUPPORTED = ("image", "heatmap", "scatter", "bar", "histogram")
+
+
+class UnsupportedFigure(ValueError):
+    """The matplotlib fallback cannot draw this figure faithfully (a trace type or option it does not know)."""
+
+
+def _categories(v: Any) -> list[str] | None:
+    """Category labels when the coordinates are not all numbers (strings, None), else ``None``."""
+    if v is None:
+        return None
+    vals = list(v) if not isinstance(v, np.ndarray) else v.tolist()
+    if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in vals):
+        return None
+    return ["None" if x is None else str(x) for x in vals]
+
+
+def _cell_text(ax: Any, z: np.ndarray, tr: Any, xe: tuple[float, float], ye: tuple[float, float]) -> None:
+    """Write each cell's value (plotly ``texttemplate="%{z:.3g}"``-style) at its centre."""
+    m = re.search(r"%\{z(?::([^}]*))?\}", str(tr.texttemplate))
+    fmt = (m.group(1).replace("~", "") if m and m.group(1) else ".3g") if m else None
+    if fmt is None:
+        return
+    ny, nx = z.shape
+    for i in range(ny):
+        for j in range(nx):
+            if np.isfinite(z[i, j]):
+                x = xe[0] + (j + 0.5) * (xe[1] - xe[0]) / nx
+                y = ye[0] + (i + 0.5) * (ye[1] - ye[0]) / ny
+                ax.text(x, y, format(float(z[i, j]), fmt), ha="center", va="center", fontsize=12 * _PT,
+                        color="white", zorder=6)
+
+
 def _draw_traces(cv: _Canvas) -> None:
     for tr in cv.fig.data:
         if tr.type not in ("image", "heatmap"):
@@ -158,13 +194,22 @@ def _draw_traces(cv: _Canvas) -> None:
             ye = _edges(px.shape[0], tr.y0, tr.dy, None)
             ax.imshow(px, extent=(*xe, *ye), origin="lower", interpolation="nearest", aspect="auto")
         else:
-            z = _arr(tr.z).astype(np.float64)
-            xe = _edges(z.shape[1], tr.x0, tr.dx, tr.x)
-            ye = _edges(z.shape[0], tr.y0, tr.dy, tr.y)
+            z = _arr(tr.z)
+            if z.dtype == object:  # None cells (e.g. a pivot's missing combination) are gaps
+                z = np.vectorize(lambda v: np.nan if v is None else float(v), otypes=[np.float64])(z)
+            z = z.astype(np.float64)
+            xc, yc = _categories(tr.x), _categories(tr.y)
+            xe = (-0.5, z.shape[1] - 0.5) if xc is not None else _edges(z.shape[1], tr.x0, tr.dx, tr.x)
+            ye = (-0.5, z.shape[0] - 0.5) if yc is not None else _edges(z.shape[0], tr.y0, tr.dy, tr.y)
+            for letter, cats in (("x", xc), ("y", yc)):
+                if cats is not None:
+                    cv.cats[(letter, key[0] if letter == "x" else key[1])] = cats
             lo, hi = _zrange(tr, z)
             alpha = 1.0 if tr.opacity is None else float(tr.opacity)
             im = ax.imshow(np.ma.masked_invalid(z), extent=(*xe, *ye), origin="lower", cmap=_cmap(tr),
                            vmin=lo, vmax=hi, alpha=alpha, interpolation="nearest", aspect="auto")
+            if tr.texttemplate:
+                _cell_text(ax, z, tr, xe, ye)
             if tr.showscale is not False:
                 _colorbar(cv, im, tr)
         cv.grow(key, *xe, *ye)
@@ -205,9 +250,15 @@ def _style_axes(cv: _Canvas) -> None:
             if label:
                 (ax.set_xlabel if which == "x" else ax.set_ylabel)(label, fontsize=14 * _PT,
                                                                   parse_math=False)
-            if a.tickvals is not None and a.ticktext is not None:
+            ident = xid if which == "x" else yid
+            if (which, ident) in cv.cats:
+                labels = cv.cats[(which, ident)]
+                (ax.set_xticks if which == "x" else ax.set_yticks)(range(len(labels)), labels=labels)
+            elif a.tickvals is not None and a.ticktext is not None:
                 (ax.set_xticks if which == "x" else ax.set_yticks)(
                     [float(v) for v in a.tickvals], labels=[_text(t) for t in a.ticktext])
+            elif a.dtick is not None and float(a.dtick) == 1 and a.type != "category":
+                (ax.xaxis if which == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
             if a.showticklabels is False:
                 ax.tick_params(axis=which, labelbottom=False, labelleft=False, length=0)
             else:
@@ -218,8 +269,16 @@ def _style_axes(cv: _Canvas) -> None:
 
 def _draw_shapes(cv: _Canvas) -> None:
     for sh in cv.fig.layout.shapes:
-        if (sh.type or "rect") != "rect":
+        if sh.type == "line" and str(sh.xref or "").endswith(" domain"):  # add_hline
+            key = (str(sh.xref).split()[0], sh.yref or "y")
+            if key in cv.axes:
+                ls = {"dash": "--", "dot": ":", "dashdot": "-."}.get(sh.line.dash or "solid", "-")
+                cv.axes[key].axhline(float(sh.y0), color=_color(sh.line.color, "#444"), linestyle=ls,
+                                     linewidth=float(sh.line.width or 2) * _PT, zorder=4)
             continue
+        if (sh.type or "rect") != "rect":
+            raise UnsupportedFigure(f"the matplotlib fallback draws rect shapes and horizontal lines, not a "
+                                    f"{sh.type!r} shape with xref={sh.xref!r}; install a Chromium for kaleido.")
         key = (sh.xref or "x", sh.yref or "y")
         if key not in cv.axes:
             continue
@@ -259,6 +318,11 @@ def figure_to_matplotlib(fig: go.Figure | dict, *, width: int = 900, height: int
     ``bbox_inches``; it is not registered with pyplot (no global state, no GUI backend).
     """
     f = fig if isinstance(fig, go.Figure) else go.Figure(fig)
+    unknown = sorted({tr.type for tr in f.data} - set(SUPPORTED))
+    if unknown:
+        raise UnsupportedFigure(f"the matplotlib fallback cannot draw trace type(s) {unknown} (it draws "
+                                f"{', '.join(SUPPORTED)}); install a Chromium so that kaleido renders the figure "
+                                "(`apt-get install chromium`, or set BROWSER_PATH).")
     cv = _Canvas(f, int(width), int(height), float(scale))
     _draw_traces(cv)
     draw_charts(cv, _color)

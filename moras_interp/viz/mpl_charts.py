@@ -52,8 +52,12 @@ def draw_charts(cv: Any, color: Any) -> None:
     if not charts:
         return
     cats: dict[str, list[str]] = {}
+    for xid in {tr.xaxis or "x" for tr in charts}:  # an explicit category order first
+        arr = cv.layout_axis("x", xid).categoryarray
+        if arr is not None:
+            cats[xid] = [str(v) for v in arr]
     for tr in charts:  # categorical x per axis: union of categories in first-seen order
-        if _is_categorical(tr.x):
+        if _is_categorical(tr.x) or (tr.x is not None and cv.layout_axis("x", tr.xaxis or "x").type == "category"):
             lst = cats.setdefault(tr.xaxis or "x", [])
             lst += [str(x) for x in tr.x if str(x) not in lst]
     bars: dict[tuple[str, str], list[Any]] = {}
@@ -64,7 +68,8 @@ def draw_charts(cv: Any, color: Any) -> None:
     for i, tr in enumerate(charts):
         key = (tr.xaxis or "x", tr.yaxis or "y")
         ax = cv.ax(*key)
-        default = _COLORWAY[i % len(_COLORWAY)]
+        way = fig.layout.colorway or _COLORWAY
+        default = way[i % len(way)]
         y = _num(tr.y if tr.y is not None else [])
         if tr.x is None:
             x = np.arange(len(y), dtype=np.float64)
@@ -112,4 +117,10 @@ def draw_charts(cv: Any, color: Any) -> None:
             if a.type == "log":
                 setter("log")
         if (xid, yid) in legend_axes and fig.layout.showlegend is not False:
-            ax.legend(fontsize=8, frameon=False)
+            if fig.layout.legend.orientation == "h":  # the house style: a band above the plot, off the data
+                handles = ax.get_legend_handles_labels()[0]
+                lift = 0.0 if fig.layout.legend.y is None else float(fig.layout.legend.y) - 1.02
+                ax.legend(fontsize=9, frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0 + lift * 1.1),
+                          ncol=max(1, len(handles)), borderaxespad=0.2)
+            else:
+                ax.legend(fontsize=8, frameon=False)

@@ -1,0 +1,114 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · The MoRAS pipeline, one query and then a batch
+#
+# MoRAS (arXiv 2510.13698) in three stages on the same nnsight graph: (1) the model writes a one-sentence visual context for the image; (2) with a safety prompt and the reformulated question it greedily produces N=3 tokens whose next-token distributions are compared (γ-decayed cosine) with those of an *unsafe prototype* (mean states over text-only harmful requests), giving a risk r after a sigmoid calibration; (3) it answers the ORIGINAL question while the first N post-final-norm states are interpolated towards the prototype, h ← h + r (u_t − h). Every intermediate state is kept in a `MoRASTrace`.
+
+# %% tags=["parameters"]
+MODEL = "toy-llava"      # HF id or local path, e.g. llava-hf/llava-1.5-7b-hf (GPU)
+DEVICE = None            # e.g. cuda
+DTYPE = None             # e.g. bfloat16 on a GPU
+DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
+N = 40                   # examples per class
+FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relative to this notebook
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import moras_interp as mi
+from moras_interp.notebooks import relative_to_notebook
+from moras_interp.viz import save_html, save_png
+
+FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
+FIGURES.mkdir(parents=True, exist_ok=True)
+model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
+# cached / resumable results of this notebook, one folder per model and data size
+RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path(str(DATA)).stem}-N{N}"
+
+
+def export(fig, name):
+    """Write a figure as PNG and standalone HTML into FIGURES."""
+    save_png(fig, Path(FIGURES) / f"{name}.png")
+    save_html(fig, Path(FIGURES) / f"{name}.html")  # standalone: plotly.js inlined
+    return fig
+
+
+model
+
+# %%
+from moras_interp.moras import load_examples
+from moras_interp.organisms import toy_examples
+
+if DATA is None:
+    calib = toy_examples(N, N, split="calib", seed=0)   # labelled pairs for (x0, k), disjoint from eval
+    evals = toy_examples(N, N, split="eval", seed=0)
+else:
+    rows = load_examples(DATA)
+    calib, evals = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+print(len(calib), "calibration and", len(evals), "evaluation examples")
+
+# %% [markdown]
+# ## Prototype and calibration
+# `prepare_moras` builds the unsafe prototype u_t [N, d] from text-only harmful requests and fits (x0, k) on the labelled pairs by the official recipe (x0 = mean s, k = ln 99 / (1 − x0)); it also chooses the fixed-strength baseline's r.
+
+# %%
+from moras_interp.moras import MoRAS, prepare_moras
+
+setup = prepare_moras(model, calibration=calib, batch_size=16, progress=False)
+moras = MoRAS(model, setup.prototype, setup.calibration)
+print(setup.calibration, "| fixed r:", round(setup.fixed_r, 3), f"({setup.fixed_r_rule})")
+print("prototype:", tuple(setup.prototype.final.shape), "built from", len(setup.prototype.prompts), "requests")
+
+# %% [markdown]
+# ## One unsafe query through the three stages
+
+# %%
+ex = next(e for e in evals if e.label == "unsafe")
+trace = moras.run([ex.load_image()], [ex.text], max_new_tokens=24, progress=False)[0]
+trace                     # renders every stage: prompts as sent, context, stage-2 tokens, s, r, answer, times
+
+# %%
+print("visual context :", trace.visual_context)
+print("stage-2 tokens :", trace.stage2_tokens, "-> s =", round(trace.similarity, 3), " r =", round(trace.risk, 3))
+print("displacement   :", [round(x, 2) for x in trace.displacement_norms])
+print("answer         :", trace.answer)
+export(trace.summary_figure(), "03_trace_summary")
+
+# %% [markdown]
+# ## A batch: MoRAS against no defence, fixed-strength steering and prompt baselines
+# `evaluate` records one line per (method, example) as it goes (a rerun resumes) and summarises attack success on unsafe queries and over-refusal on safe ones.
+
+# %%
+from moras_interp.moras import build_methods, evaluate
+from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT
+from moras_interp.moras.prompts import ECSO_CAPTION_PROMPT
+from moras_interp.moras.report import rate_bars, risk_histogram
+
+caption = TOY_ECSO_CAPTION_PROMPT if MODEL == "toy-llava" else ECSO_CAPTION_PROMPT  # the toy only knows stage 1's
+methods = build_methods(model, ["none", "moras", "fixed", "adashield", "ecso"], setup, ecso_caption_prompt=caption)
+result = evaluate(evals, methods, RUNS / "nb03", batch_size=16, max_new_tokens=24,
+                  progress=False, figures=False)
+result.summary[["method", "n", "asr", "over_refusal", "mean_risk", "risk_auroc", "mean_latency_s"]].round(3)
+
+# %%
+export(rate_bars(result.summary), "03_rates")
+
+# %%
+export(risk_histogram(result.records, "moras"), "03_risk_histogram")
