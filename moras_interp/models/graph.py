@@ -30,6 +30,7 @@ from typing import Any
 import nnsight
 import torch
 
+from moras_interp.models import interventions as _iv
 from moras_interp.models.interventions import HookContext, checked_edit
 
 BACKENDS = ("hooks", "nnsight")
@@ -168,10 +169,23 @@ def replay_reads(groups: list[list[Spec]], reads: list[Any]) -> None:
             spec.sink(value)
 
 
+def installed_entries(model: Any) -> list[list[Any]]:
+    """The active entries of ``model`` grouped per module side, in execution order; in each group the edits (in
+    installation order) come before the reads, as the torch-hook dispatcher runs them. Entries whose steps are
+    over (their handle removed them) are not included."""
+    groups: list[list[Any]] = []
+    seen: set[int] = set()
+    for p in sorted((model.hook_point(n) for n in model.hook_names()), key=lambda p: p.order):
+        d = _iv._DISPATCHERS.get(model.adapter.module(p.module), {}).get(p.io)
+        if d is None or id(d) in seen:
+            continue
+        seen.add(id(d))
+        groups.append([e for e in d.entries if not e.read] + [e for e in d.entries if e.read])
+    return [g for g in groups if g]
+
+
 def specs(model: Any) -> list[list[Spec]]:
     """The edits and reads installed on ``model`` (``model.hooks``) as :class:`Spec` groups for :func:`run_graph`."""
-    from moras_interp.models.interventions import installed_entries
-
     decoder_cfg = getattr(model.adapter.module(model.adapter.decoder), "config", None)
     if model.remote and getattr(decoder_cfg, "_attn_implementation", None) == "moras_edit":
         raise NotImplementedError("Attention edits (moras_interp.attention.interventions) swap the local model's "
@@ -214,3 +228,24 @@ def check_remote(nn: Any, model_id: str) -> str:
             f"{model_id!r} cannot run with remote=True: NDIF identifies a model by its Hugging Face Hub id (resolved "
             f"through the Hub), and resolving this one failed ({type(e).__name__}: {e}). Load it as load_model('<org>/<name>', remote=True) with a "
             "model NDIF hosts, or use remote='local' to test serialisation on local weights.") from e
+
+
+def forward(model: Any, inputs: dict[str, Any]) -> Any:
+    """One forward of ``model`` (an MLLM) over ``inputs`` with its installed edits and reads, as an nnsight graph;
+    the model output (``.logits``)."""
+    groups = specs(model)
+    with _iv.suspended():
+        out, reads = run_graph(model.nn, inputs, groups, generate=False, n_steps=1, kwargs={}, remote=model.remote)
+    replay_reads(groups, reads)
+    return out
+
+
+def generate(model: Any, inputs: dict[str, Any], max_new_tokens: int, kwargs: dict[str, Any]) -> Any:
+    """HF ``generate`` of ``model`` with its installed edits and reads, as one nnsight graph; HF's output."""
+    groups = specs(model)
+    n = n_loop_steps(groups, max_new_tokens)
+    with _iv.suspended():
+        out, reads = run_graph(model.nn, inputs, groups, generate=True, n_steps=n, remote=model.remote,
+                               kwargs={"max_new_tokens": max_new_tokens, **kwargs})
+    replay_reads(groups, reads)
+    return out

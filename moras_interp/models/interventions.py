@@ -258,21 +258,6 @@ def installed_edits(model: MLLM) -> list[tuple[str, HookFn]]:
     return out
 
 
-def installed_entries(model: MLLM) -> list[list[_Entry]]:
-    """The active entries of ``model`` grouped per module side, in execution order; in each group the edits (in
-    installation order) come before the reads, as the torch-hook dispatcher runs them. Entries whose steps are
-    over (their handle removed them) are not included."""
-    groups: list[list[_Entry]] = []
-    seen: set[int] = set()
-    for p in sorted((model.hook_point(n) for n in model.hook_names()), key=lambda p: p.order):
-        d = _DISPATCHERS.get(model.adapter.module(p.module), {}).get(p.io)
-        if d is None or id(d) in seen:
-            continue
-        seen.add(id(d))
-        groups.append([e for e in d.entries if not e.read] + [e for e in d.entries if e.read])
-    return [g for g in groups if g]
-
-
 def edited_hooks(model: MLLM) -> list[str]:
     """Names of the hooks of ``model`` where edits are installed right now, in execution order."""
     return [n for n in model.hook_names() if is_edited(model, n)]

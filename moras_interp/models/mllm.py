@@ -231,12 +231,7 @@ class MLLM(StageLabels):
         inputs = self._inputs(batch)
         if self._backend(backend) == "hooks":
             return self.hf(**inputs).logits
-        groups = _graph.specs(self)
-        with _iv.suspended():
-            out, reads = _graph.run_graph(self.nn, inputs, groups, generate=False, n_steps=1, kwargs={},
-                                          remote=self.remote)
-        _graph.replay_reads(groups, reads)
-        return out.logits
+        return _graph.forward(self, inputs).logits
 
     @torch.no_grad()
     def run_with_cache(self, batch: Batch, names: str | list[str] | None = None, *,
@@ -316,13 +311,7 @@ class MLLM(StageLabels):
                   backend: str | None) -> Any:
         if self._backend(backend) == "hooks":
             return self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
-        groups = _graph.specs(self)
-        n = _graph.n_loop_steps(groups, max_new_tokens)
-        with _iv.suspended():
-            out, reads = _graph.run_graph(self.nn, inputs, groups, generate=True, n_steps=n, remote=self.remote,
-                                          kwargs={"max_new_tokens": max_new_tokens, "do_sample": do_sample, **kwargs})
-        _graph.replay_reads(groups, reads)
-        return out
+        return _graph.generate(self, inputs, max_new_tokens, {"do_sample": do_sample, **kwargs})
 
     def _nonfinite_hint(self, inputs: dict[str, Any]) -> str:
         """Where NaN/Inf may come from (only computed once an error is certain)."""
