@@ -105,8 +105,10 @@ def test_nnsight_steering_equals_plain_hf_with_a_torch_hook(models, arch):
         for h in hs:
             h.remove()
     with steer(model, {"blocks.1.hook_resid_post": v}, alpha=alpha, positions="last", steps=[0, 2],
-               layouts=batch.layouts):
-        got = model.generate(batch, NEW, min_new_tokens=NEW, return_logits=True, backend="nnsight")
+               layouts=batch.layouts, backend="nnsight"):
+        assert model.backend == "nnsight"
+        got = model.generate(batch, NEW, min_new_tokens=NEW, return_logits=True)
+    assert model.backend == "hooks"
     n = batch.input_ids.shape[1]
     assert torch.equal(got.new_tokens, ref.sequences[:, n:])
     torch.testing.assert_close(got.logits, torch.stack(list(ref.logits), 1), rtol=1e-5, atol=1e-5)
