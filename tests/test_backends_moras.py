@@ -62,7 +62,7 @@ def test_user_edit_inside_moras_equals_model_hooks(setup, backend):
     cal = Calibration(0.3, 12.0)
     moras = MoRAS(model, proto, cal)
     with moras.trace(images, questions, backend=backend, max_new_tokens=NEW, progress=False) as run:
-        run.stage("answer").write(HOOK, _push, steps=[0, 1]).read(HOOK, steps=[0, 2])
+        run.stage("answer").write(HOOK, _push, steps="all").read(HOOK, steps=[0, 2])
         run.stage("risk").read("ln_final.hook_normalized", steps="prefill")
     traces = run.traces
     plain = moras.run(images, questions, max_new_tokens=NEW, progress=False)
@@ -74,7 +74,7 @@ def test_user_edit_inside_moras_equals_model_hooks(setup, backend):
     seen: list = []
     r = torch.tensor([t.risk for t in traces])
     with interpolate_towards(model, moras.targets, r), \
-            model.hooks([(HOOK, _push)], steps=[0, 1], layouts=batch.layouts), \
+            model.hooks([(HOOK, _push)], steps="all", layouts=batch.layouts), \
             model.hooks([(HOOK, lambda v, c: seen.append((c.step, v.clone())))], steps=[0, 2], read=True):
         ref = model.generate(batch, NEW, backend="hooks")
     assert [t.answer for t in traces] == ref.texts
