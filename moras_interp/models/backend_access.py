@@ -90,7 +90,7 @@ class BackendAccess:
 
     def _backend(self: MLLM, backend: str | None) -> str:
         """The backend a call runs on (``backend`` or the default), checked against where the weights are."""
-        b = _graph.check_backend(backend or self.backend)
+        b = _graph.check_backend(backend or ("nnsight" if self.remote else self.backend))
         if self.remote and b != "nnsight":
             raise ValueError(f"This model runs remotely (remote={self.remote!r}): only backend='nnsight' can run it.")
         if self.remote is True:

@@ -21,7 +21,7 @@ steps and layouts), the nnsight envoy and the inputs, so the graph serialises as
 getters and inverses as the torch-hook dispatcher (:mod:`moras_interp.models.derived_hooks`) on the values the graph
 sees, so they edit and read exactly as there. The attention-call points (``attn.hook_rot_q`` / ``hook_rot_k`` /
 ``hook_attn_scores``) exist only inside the attention function, which a graph cannot address: they raise
-:class:`NotImplementedError` naming the hook (use ``backend="hooks"``).
+:class:`NotInGraphError` (a ``NotImplementedError`` and ``ValueError``) naming the hook (use ``backend="hooks"``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,21 @@ from moras_interp.models.dispatch import HookContext, checked_edit, dispatcher_o
 from moras_interp.models.hooks import HookPoint
 
 BACKENDS = ("hooks", "nnsight")
+
+
+class NotInGraphError(NotImplementedError, ValueError):
+    """A hook point the nnsight backend cannot reach (the attention-call points); the message names it."""
+
+
+def call_points_refusal(names: list[str]) -> NotInGraphError:
+    """The error for attention-call hook points (``attn.hook_rot_q`` / ``hook_rot_k`` / ``hook_attn_scores``) on the
+    nnsight backend (remote execution included)."""
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return NotInGraphError(
+        f"{names[0]}{more} cannot be read in remote execution or on the nnsight backend (nor edited there): they "
+        "live inside the attention-function call, which an nnsight graph cannot address. Use backend='hooks' (a "
+        "local model), or hooks the graph can reach (e.g. 'blocks.*.attn.hook_q' / 'hook_k' before RoPE, "
+        "'hook_pattern', 'hook_z').")
 
 
 def check_backend(backend: str) -> str:
@@ -212,11 +227,7 @@ def specs(model: Any) -> list[list[Spec]]:
         for e in group:
             p = e.point
             if p.io == "call":
-                raise NotImplementedError(
-                    f"{p.name} lives inside the attention-function call, which an nnsight graph cannot address, so the "
-                    "nnsight backend cannot run it: use backend='hooks' (e.g. model.generate(..., backend='hooks'); "
-                    "local models only), or hooks the graph can reach (blocks.{l}.attn.hook_q / hook_k before RoPE, "
-                    "hook_pattern, hook_z).")
+                raise call_points_refusal([p.name])
             if p.name.endswith("attn.hook_pattern") and model.attn_implementation != "eager":
                 raise ValueError(f"{p.name} needs eager attention; load the model with attn_implementation='eager'.")
             row.append(Spec(p, p.name.startswith(("vision.", "projector.")), e.fn, e.read, e.steps, e.layouts,

@@ -181,6 +181,9 @@ class MLLM(StageLabels, TLRun, BackendAccess):
         wanted = resolve_names_filter(names if names is not None else names_filter, self.hook_names())
         for n in wanted:
             self._check_pattern(self._points[n])
+        calls = [n for n in wanted if self._points[n].io == "call"]
+        if calls and self._backend(backend) == "nnsight":
+            raise _graph.call_points_refusal(calls)
         saved: dict[str, torch.Tensor] = {}
 
         def keep(name: str) -> _iv.HookFn:
