@@ -63,7 +63,7 @@ def test_user_edit_inside_moras_equals_model_hooks(setup, backend):
     moras = MoRAS(model, proto, cal)
     with moras.trace(images, questions, backend=backend, max_new_tokens=NEW, progress=False) as run:
         run.stage("answer").write(HOOK, _push, steps="all").read(HOOK, steps=[0, 2])
-        run.stage("risk").read("ln_final.hook_normalized", steps="prefill")
+        run.stage("risk").read("ln_final.hook_out", steps="prefill")  # MoRAS's stage-2 state
     traces = run.traces
     plain = moras.run(images, questions, max_new_tokens=NEW, progress=False)
     assert [t.answer for t in traces] != [t.answer for t in plain]  # the user's edit changed answers
@@ -83,6 +83,9 @@ def test_user_edit_inside_moras_equals_model_hooks(setup, backend):
             want = value[i, lay.n_pad:] if step == 0 else value[i]
             torch.testing.assert_close(t.reads[f"answer/{HOOK}/{step}"], want)
     assert {k.split("/")[0] for k in traces[0].reads} == {"answer", "risk"}
+    for t in traces:  # the prefill's last position after the final norm is the state stage 2 scores
+        torch.testing.assert_close(t.reads["risk/ln_final.hook_out/0"][-1].float(), t.stage2_states[0].float(),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_reads_round_trip_through_trace_files(setup, tmp_path):
