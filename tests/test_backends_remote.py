@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from moras_interp.activations import collect_activations, steer
+from moras_interp.models import derived_hooks
 from moras_interp.models.loading import load_model
 from moras_interp.models.tiny import build_tiny, tiny_image
 from moras_interp.moras import MoRAS, UnsafePrototype
@@ -73,15 +74,19 @@ def test_collection_and_steering_serialise():
     torch.testing.assert_close(g.logits, g_ref.logits, rtol=1e-5, atol=1e-5)
 
 
-def test_remote_true_builds_the_model_on_meta(tmp_path):
+@pytest.mark.parametrize("arch", ["qwen2_vl", "gemma3"])
+def test_remote_true_builds_the_model_on_meta(tmp_path, monkeypatch, arch):
     """A saved tiny checkpoint loaded with remote=True: no weights allocated, same module tree, parameter shapes
-    and hook names as the real load; running it needs a Hub id NDIF hosts, a local path is a clear error before
-    any network access."""
-    hf, proc = build_tiny("qwen2_vl")
+    and hook points (the norms' conventions included, found without weights) as the real load; running it needs a
+    Hub id NDIF hosts, a local path is a clear error before any network access."""
+    hf, proc = build_tiny(arch)
     hf.save_pretrained(tmp_path)
     proc.save_pretrained(tmp_path)
-    real = load_model(tmp_path, validate=False)
+    monkeypatch.setattr(derived_hooks, "_KINDS", {})  # nothing learnt from a real module of the same class
     meta = load_model(tmp_path, remote=True)
+    monkeypatch.setattr(derived_hooks, "_KINDS", {})
+    real = load_model(tmp_path, validate=False)
+    assert [meta.hook_point(n) for n in meta.hook_names()] == [real.hook_point(n) for n in real.hook_names()]
     params = dict(meta.hf.named_parameters())
     assert params and all(p.is_meta for p in params.values()) and meta.on_meta
     assert {n: p.shape for n, p in params.items()} == {n: p.shape for n, p in real.hf.named_parameters()}
