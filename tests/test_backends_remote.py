@@ -74,6 +74,43 @@ def test_collection_and_steering_serialise():
     torch.testing.assert_close(g.logits, g_ref.logits, rtol=1e-5, atol=1e-5)
 
 
+def test_derived_hooks_serialise():
+    """Per-head, norm and hook_result edits and reads (computed in the graph from the module's weights) through the
+    remote round trip, against the local hooks backend."""
+    hf, proc = build_tiny("gemma3")
+    model = load_model(hf, processor=proc, validate=False)
+    batch = model.prepare([tiny_image(), tiny_image(50, 50, seed=3)], ["what is in the image", "describe it"])
+    reads = ["blocks.0.ln1.hook_scale", "blocks.1.attn.hook_result", "blocks.1.hook_resid_mid", "ln_final.hook_normalized"]
+
+    def run() -> tuple:
+        got: dict = {}
+
+        def keep(name):
+            return lambda v, c: got.setdefault((name, c.step), v.clone())
+
+        def zero_head(v, c):
+            out = v.clone()
+            out[..., 1, :] = 0
+            return out
+
+        with model.hooks([("blocks.0.ln1.hook_normalized", lambda v, c: v * 0.7),
+                          ("blocks.1.attn.hook_z", zero_head)], steps=[0, 1]), \
+                model.hooks([(n, keep(n)) for n in reads], read=True):
+            return model.generate(batch, 3, min_new_tokens=3, return_logits=True), got
+
+    g_ref, r_ref = run()
+    _remote(model, "local")
+    try:
+        g, r = run()
+    finally:
+        _remote(model, False)
+    assert torch.equal(g.new_tokens, g_ref.new_tokens) and r.keys() == r_ref.keys() and len(r) == 3 * len(reads)
+    torch.testing.assert_close(g.logits, g_ref.logits, rtol=1e-5, atol=1e-5)
+    for k in r:
+        torch.testing.assert_close(r[k], r_ref[k], rtol=1e-5, atol=1e-5)
+    assert bool((r[("blocks.1.attn.hook_result", 0)][..., 1, :] == 0).all())  # the zeroed head adds nothing
+
+
 @pytest.mark.parametrize("arch", ["qwen2_vl", "gemma3"])
 def test_remote_true_builds_the_model_on_meta(tmp_path, monkeypatch, arch):
     """A saved tiny checkpoint loaded with remote=True: no weights allocated, same module tree, parameter shapes
