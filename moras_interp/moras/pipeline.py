@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moras_interp.eval.labels import describe, safety_label
 from moras_interp.models.batch import ImageInput
 from moras_interp.moras.compose import MoRASRun, deliver, user_hooks
 from moras_interp.moras.config import SETUPS, MoRASConfig
+from moras_interp.moras.examples import unpack_examples
 from moras_interp.moras.presets import check_preset
 from moras_interp.moras.prompts import reformulate, safety_query
 from moras_interp.moras.prototype import UnsafePrototype
@@ -33,27 +33,6 @@ if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
 
 __all__ = ["SETUPS", "MoRAS", "MoRASConfig", "unpack_examples"]
-
-
-def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
-    """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label.
-
-    Labels follow the one label rule (:func:`moras_interp.eval.labels.safety_label`: "unsafe"/"harmful"/1/True,
-    "safe"/"benign"/0/False, case and spaces ignored; a utility example with a gold answer and no label is safe;
-    anything else is an error naming the example). ``labels=False`` reads no labels (is_unsafe all False), for
-    unlabelled data.
-    """
-    ims, qs, ys = [], [], []
-    for i, it in enumerate(items):
-        if isinstance(it, (tuple, list)):
-            im, q, _ = it
-        else:
-            im = it.load_image() if hasattr(it, "load_image") else it.image
-            q = getattr(it, "text", None) or it.question
-        ims.append(im)
-        qs.append(q)
-        ys.append(safety_label(it, where=describe(it, i)) == "unsafe" if labels else False)
-    return ims, qs, ys
 
 
 _examples = unpack_examples  # the old private name, still imported by tests
