@@ -15,7 +15,7 @@ all alike; one torch thread on CPU::
     python -m bench.bench_backends                 # CPU: MORAS_SCALED shape, batch 4, 32 tokens
     python -m bench.bench_backends --shape full    # GPU: LLaVA-1.5-7B shape, bf16
 
-``run(shape=..., ...) -> dict`` is the entry point other scripts (``bench/gpu_suite.py``) call. Writes
+``run(shape=..., ...) -> dict`` is the entry point other scripts call (``bench/gpu_suite.py``'s backend section). Writes
 ``bench/results/backends_<shape>_b<batch>_t<tokens>.json``.
 """
 
