@@ -128,15 +128,14 @@ def _visit(nn: Any, groups: list[list[Spec]], step: int, has_images: bool, reads
     """One step: every group (specs of one module side, edits first) in execution order, as the dispatcher."""
     memo: dict[str, Any] = {}
     for gi, group in enumerate(groups):
-        live = [s for s in group if s.active(step) and (not s.vision or (step == 0 and has_images))]
+        live = [(si, s) for si, s in enumerate(group) if s.active(step) and (not s.vision or (step == 0 and has_images))]
         if not live:
             continue
-        p0 = live[0].point
+        p0 = live[0][1].point
         env = _envoy(nn, p0.module)
-        site = _site(env, live, memo)
+        site = _site(env, [s for _, s in live], memo)
         edited = False
-        for s in live:
-            si = group.index(s)
+        for si, s in live:
             value = get_value(s.point, site)
             if s.read:  # indices, not the spec: only plain values travel back from a remote run
                 reads.append(("read", gi, si, step, value))
