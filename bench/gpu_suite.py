@@ -1,4 +1,4 @@
-"""One benchmark command: attention, collection, MoRAS (and the backend benchmark, where present) in one run.
+"""One benchmark command: attention, collection, MoRAS and the execution backends in one run.
 
     python -m bench.gpu_suite                      # LLaVA-1.5-7B shape, random bf16 weights, one GPU (< 8 min)
     python -m bench.gpu_suite --shape scaled       # end to end on CPU (a scaled-down LLaVA, fp32, ~1-2 min)
@@ -12,7 +12,8 @@ say exactly what is compared):
   HF eager ``output_attentions=True``; batch 1 and 8 (full) / 1 (otherwise);
 * collection: ``collect_activations`` (to disk and in memory) vs a batched HF forward with hidden states;
 * MoRAS: the batched pipeline vs the authors' per-query loop and vs plain ``generate`` of the answers;
-* backend: ``bench/bench_backend.py``'s ``suite_section(shape, device, dtype)`` if that module exists.
+* backend: steered decoding as one nnsight graph per ``generate`` vs the torch-hook backend vs plain ``generate``
+  (:mod:`bench.bench_backends`; the two backends must give the same tokens).
 
 Writes ``gpu_suite_<shape>.json`` and ``.md`` into ``--out`` (default ``bench/results``): device, versions,
 shapes, per-section measurements and ratios, and each section's wall time. A section that fails is reported
@@ -22,8 +23,6 @@ shapes, per-section measurements and ratios, and each section's wall time. A sec
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -48,11 +47,14 @@ SCALED = LlavaShape(hidden=256, layers=4, heads=8, intermediate=688, vocab=0,
 SHAPES = {"full": FULL, "scaled": SCALED, "tiny": MORAS_TINY}
 PLANS = {  # per shape: attention batches, rounds, repeats; collect n, batch; MoRAS tokens, batch, rounds, authors
     "full": {"attn_batches": [1, 8], "attn_rounds": 3, "attn_repeats": 2, "collect_n": 64, "collect_batch": 8,
-             "collect_repeats": 3, "moras_tokens": 32, "moras_batch": 16, "moras_rounds": 2, "moras_authors": 4},
+             "collect_repeats": 3, "moras_tokens": 32, "moras_batch": 16, "moras_rounds": 2, "moras_authors": 4,
+             "backend_batch": 4, "backend_tokens": 32, "backend_rounds": 3},
     "scaled": {"attn_batches": [1], "attn_rounds": 2, "attn_repeats": 2, "collect_n": 8, "collect_batch": 4,
-               "collect_repeats": 2, "moras_tokens": 8, "moras_batch": 4, "moras_rounds": 1, "moras_authors": 2},
+               "collect_repeats": 2, "moras_tokens": 8, "moras_batch": 4, "moras_rounds": 1, "moras_authors": 2,
+               "backend_batch": 2, "backend_tokens": 8, "backend_rounds": 2},
     "tiny": {"attn_batches": [1], "attn_rounds": 1, "attn_repeats": 1, "collect_n": 4, "collect_batch": 2,
-             "collect_repeats": 1, "moras_tokens": 4, "moras_batch": 2, "moras_rounds": 1, "moras_authors": 2},
+             "collect_repeats": 1, "moras_tokens": 4, "moras_batch": 2, "moras_rounds": 1, "moras_authors": 2,
+             "backend_batch": 1, "backend_tokens": 4, "backend_rounds": 1},
 }
 
 
@@ -102,13 +104,12 @@ def moras_section(shape: LlavaShape, device: str, dtype: torch.dtype, plan: dict
 
 
 def backend_section(shape: LlavaShape, device: str, dtype: torch.dtype, plan: dict[str, Any]) -> dict[str, Any]:
-    """``bench.bench_backend.suite_section(shape, device, dtype)``, when that benchmark exists."""
-    if importlib.util.find_spec("bench.bench_backend") is None:
-        return {"skipped": "no bench/bench_backend.py in this checkout"}
-    mod = importlib.import_module("bench.bench_backend")
-    if not hasattr(mod, "suite_section"):
-        return {"skipped": "bench/bench_backend.py has no suite_section(shape, device, dtype)"}
-    return dict(mod.suite_section(shape, device, dtype))
+    """Steered decoding on the nnsight backend vs the hooks backend vs plain ``generate``, same tokens checked
+    (:func:`bench.bench_backends.run`)."""
+    from bench.bench_backends import run
+
+    return run(shape, batch=plan["backend_batch"], tokens=plan["backend_tokens"], rounds=plan["backend_rounds"],
+               device=device, dtype=dtype, threads=None, out="")
 
 
 SECTIONS: dict[str, Callable[[LlavaShape, str, torch.dtype, dict[str, Any]], dict[str, Any]]] = {

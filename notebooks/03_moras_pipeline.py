@@ -109,6 +109,26 @@ print("viewer:", save_explorer_html(trace_viewer(traces, unsteered), FIGURES / "
                                     include_plotlyjs=PLOTLYJS))
 
 # %% [markdown]
+# ## Your own reads and edits inside the run
+# `moras.trace` runs the same pipeline on the nnsight backend (one intervention graph per generation; the same results as the torch-hook default) and lets you read or edit any named hook at chosen steps of a stage. Here we read the residual stream after layer 1 at the prefill and the first decode step of the answer, and add a push there at the prefill; what the reads saved lands in the trace.
+
+# %%
+push_dir = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+
+
+def push(value, ctx):  # any fn(value, ctx) -> new value; ctx.step: 0 = prefill
+    return value + 6.0 * push_dir
+
+
+with moras.trace([ex.load_image()], [ex.text], backend="nnsight", max_new_tokens=24, progress=False) as run:
+    run.stage("answer").write("blocks.1.hook_resid_post", push, steps="prefill")
+    run.stage("answer").read("blocks.1.hook_resid_post", steps=[0, 1])
+edited = run.traces[0]
+print("answer without the push:", trace.answer)
+print("answer with the push   :", edited.answer)
+print({k: tuple(v.shape) for k, v in edited.reads.items()})
+
+# %% [markdown]
 # ## A batch: MoRAS against no defence, fixed-strength steering and prompt baselines
 # `evaluate` records one line per (method, example) as it goes (a rerun resumes) and summarises attack success on unsafe queries and over-refusal on safe ones.
 

@@ -192,7 +192,8 @@ def test_batch_of_three_equals_three_single_runs(setup, batched_run):
 
 def test_trace_round_trip_every_field(tmp_path, batched_run):
     _, traces, _ = batched_run
-    tr = dataclasses.replace(traces[1], id="ex-1", label="unsafe")
+    tr = dataclasses.replace(traces[1], id="ex-1", label="unsafe",
+                             reads={"answer/blocks.0.hook_resid_post/0": torch.randn(5, 8)})  # MoRAS.trace reads
     for f in dataclasses.fields(MoRASTrace):
         if f.name != "attention":
             assert getattr(tr, f.name) not in (None, "", [], {}), f"field {f.name} is empty: the test would be vacuous"
@@ -201,6 +202,8 @@ def test_trace_round_trip_every_field(tmp_path, batched_run):
         a, b = getattr(tr, f.name), getattr(back, f.name)
         if f.name == "stage2_states":
             assert torch.equal(a, b)
+        elif f.name == "reads":
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         elif f.name == "attention":
             assert b == {}  # attention objects are kept in memory only (saved with CrossModalAttention.save)
         else:

@@ -9,8 +9,8 @@ Each example is reduced to one vector per hook: ``"last"`` (the last prompt posi
 ``fn(value [b, pos, ...], layouts) -> [b, ...]``. Batches are left-padded by ``model.prepare``; text-only
 and image examples go into separate batches (so architectures whose processors cannot mix them work).
 
-Values are read with plain torch hooks on the modules behind the canonical names (no nnsight trace, so no
-per-trace overhead), after any edit installed with ``model.hooks`` (the edited value is collected); the forward stops as soon as the last requested hook has fired, and the logits are
+Values are read with plain torch hooks on the modules behind the canonical names (``backend="hooks"``, the
+default: no per-trace overhead) or in one nnsight trace per batch (``backend="nnsight"``), after any edit installed with ``model.hooks`` (the edited value is collected); the forward stops as soon as the last requested hook has fired, and the logits are
 computed for the last position only unless ``hook_logits`` is requested. Shards of ``shard_size`` examples
 are written atomically (see :class:`ActivationStore`), so a killed run resumes where it stopped; reopening
 with another model (weights fingerprint), processor, dataset, hooks, positions, dtype, shard size or prompt
@@ -120,7 +120,8 @@ def _batches(examples: list[CollectExample], batch_size: int) -> Iterable[list[C
             yield group[s:s + batch_size]
 
 
-def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str | PositionFn) -> dict[str, torch.Tensor]:
+def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str | PositionFn,
+                     backend: str = "hooks") -> dict[str, torch.Tensor]:
     """One forward of ``batch``; {hook: reduced value [b, ...] on CPU}."""
     got: dict[str, torch.Tensor] = {}
 
@@ -138,7 +139,10 @@ def _forward_capture(model: MLLM, batch: Any, hooks: list[str], positions: str |
         kwargs["logits_to_keep"] = 1
     try:
         with torch.no_grad(), model.hooks([(h, make(h)) for h in hooks], layouts=batch.layouts, read=True):
-            model.hf(**inputs, **kwargs)
+            if backend == "hooks":
+                model.hf(**inputs, **kwargs)
+            else:  # one nnsight graph; the reads are replayed after it, the last one raises _Stop
+                model.forward(batch, backend=backend)
     except _Stop:
         pass
     missing = [h for h in hooks if h not in got]
@@ -178,7 +182,8 @@ def collect_activations(model: MLLM, dataset: Iterable[Any], *, names: str | Seq
                         positions: str | PositionFn = "last", batch_size: int = 8,
                         out: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32",
                         shard_size: int = 256, progress: bool = True, chat: bool = True,
-                        system: str | None = None, on_shard: ShardCallback | None = None) -> ActivationStore:
+                        system: str | None = None, on_shard: ShardCallback | None = None,
+                        backend: str | None = None) -> ActivationStore:
     """Run ``dataset`` through ``model`` and store one vector per example and hook.
 
     Args:
@@ -193,6 +198,8 @@ def collect_activations(model: MLLM, dataset: Iterable[Any], *, names: str | Seq
         progress: show a tqdm bar.
         chat, system: prompt formatting passed to ``model.prepare``.
         on_shard: called as ``on_shard(k, store)`` after shard k is written.
+        backend: "hooks" (torch hooks; the forward stops at the last requested hook) or "nnsight" (one nnsight
+            trace per batch, also remote); default ``model.backend``. Same values either way.
 
     Returns:
         The :class:`ActivationStore`: ``store.load(hook)`` -> [n, ...]; ``store.load("labels")`` -> int64 [n]
@@ -207,29 +214,31 @@ def collect_activations(model: MLLM, dataset: Iterable[Any], *, names: str | Seq
     examples = normalise_dataset(dataset)
     dtype_name = str(dtype).removeprefix("torch.")
     manifest = _manifest(model, examples, hooks, pos_id, dtype_name, shard_size, chat, system, batch_size)
+    backend = model._backend(backend)
     if out is not None and distributed.info().enabled:  # torchrun / accelerate launch: ranks share the shards
         from moras_interp.activations.collect_dist import collect_distributed
 
         return collect_distributed(model, examples, manifest, out, hooks, positions, batch_size, progress, chat,
-                                   system, on_shard)
+                                   system, on_shard, backend)
     with nullcontext() if out is None else folder_lock(out):
         if out is not None:
             from moras_interp.activations.collect_dist import adopt_rank_shards
 
             adopt_rank_shards(out, manifest)  # shards a killed multi-process run left in out/ranks/
-        return _collect(model, examples, manifest, out, hooks, positions, batch_size, progress, chat, system, on_shard)
+        return _collect(model, examples, manifest, out, hooks, positions, batch_size, progress, chat, system, on_shard,
+                        backend)
 
 
 def _collect(model: MLLM, examples: list[CollectExample], manifest: dict[str, Any], out: str | os.PathLike | None,
              hooks: list[str], positions: str | PositionFn, batch_size: int, progress: bool, chat: bool,
-             system: str | None, on_shard: ShardCallback | None) -> ActivationStore:
+             system: str | None, on_shard: ShardCallback | None, backend: str) -> ActivationStore:
     store = ActivationStore.open_or_create(out, manifest)
     todo = store.missing_shards()
     done = len(examples) - sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in todo)
     with tqdm(total=len(examples), initial=done, unit="ex", desc="collect", disable=not progress) as bar:
         for k in todo:
             store.write_shard(k, compute_shard(model, examples, store, k, hooks, positions, batch_size, chat, system,
-                                               bar.update))
+                                               bar.update, backend))
             if on_shard is not None:
                 on_shard(k, store)
     return store
@@ -237,7 +246,8 @@ def _collect(model: MLLM, examples: list[CollectExample], manifest: dict[str, An
 
 def compute_shard(model: MLLM, examples: list[CollectExample], store: ActivationStore, k: int, hooks: list[str],
                   positions: str | PositionFn, batch_size: int, chat: bool, system: str | None,
-                  advance: Callable[[int], object] = lambda n: None) -> dict[str, torch.Tensor]:
+                  advance: Callable[[int], object] = lambda n: None,
+                  backend: str = "hooks") -> dict[str, torch.Tensor]:
     """The tensors of shard ``k``: {hook: [n_in_shard, ...], "labels": [n_in_shard], "index": [n_in_shard]}."""
     names_to_int = {n: i for i, n in enumerate(store.manifest["label_names"])}
     start, stop = store.shard_range(k)
@@ -247,7 +257,7 @@ def compute_shard(model: MLLM, examples: list[CollectExample], store: Activation
         batch = model.prepare([ex.load_images() or None for ex in group], [ex.text for ex in group],
                               chat=chat, system=system)
         _check_layouts(group, batch.layouts, positions)
-        values = _forward_capture(model, batch, hooks, positions)
+        values = _forward_capture(model, batch, hooks, positions, backend)
         for h, v in values.items():
             _check_finite(v, h, group, model.dtype)
             for ex, row in zip(group, v):

@@ -72,8 +72,8 @@ def adopt_rank_shards(out: str | os.PathLike, manifest: dict[str, Any] | Activat
 
 def collect_distributed(model: MLLM, examples: list[Any], manifest: dict[str, Any], out: str | os.PathLike,
                         hooks: list[str], positions: Any, batch_size: int, progress: bool, chat: bool,
-                        system: str | None, on_shard: Callable[[int, ActivationStore], None] | None
-                        ) -> ActivationStore:
+                        system: str | None, on_shard: Callable[[int, ActivationStore], None] | None,
+                        backend: str = "hooks") -> ActivationStore:
     """The multi-process body of ``collect_activations`` (same arguments; see the module docstring)."""
     from moras_interp.activations.collect import compute_shard
 
@@ -102,7 +102,7 @@ def collect_distributed(model: MLLM, examples: list[Any], manifest: dict[str, An
                       disable=not progress or not d.is_main) as bar:
                 for k in mine:
                     store.write_shard(k, compute_shard(model, examples, store, k, hooks, positions, batch_size, chat,
-                                                       system, bar.update))
+                                                       system, bar.update, backend))
                     if not d.is_main:  # the shard file is in place; now its entry, for rank 0 to adopt
                         written[str(k)] = store.manifest["shards"][str(k)]
                         atomic_write_text(side, json.dumps({"store": _key(store), "shards": written}))

@@ -155,14 +155,15 @@ def add_steering(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1
 @contextmanager
 def steer(model: MLLM, direction: Any, *, alpha: float | torch.Tensor = 1.0, positions: Any = "all",
           mode: str = "add", steps: Steps = None, layouts: list[TokenLayout] | None = None,
-          layers: list[int] | None = None) -> Iterator[InterventionHandle]:
+          layers: list[int] | None = None, backend: str | None = None) -> Iterator[InterventionHandle]:
     """Steer while the block is open (forward passes and every generation step selected by ``steps``).
 
     ``mode="add"``: h ← h + α v. ``mode="project_out"``: h ← h − α (h·v̂) v̂ (α = 1 removes the component).
     ``steps``: None/"all" every forward, "prefill" (= 0), "decode" (≥ 1), an int or ints (0 = prefill,
     t = t-th decode step); hooks limited to finite steps remove themselves after the last one.
-    The hooks are removed on exit, also after an exception.
+    The hooks are removed on exit, also after an exception. ``backend``: run the generations inside the block on
+    "hooks" or "nnsight" (default: the model's, ``model.backend``; same tokens either way).
     """
     fwd = steering_hooks(model, direction, alpha=alpha, positions=positions, mode=mode, layers=layers)
-    with model.hooks(fwd, steps=steps, layouts=layouts) as h:
+    with model.hooks(fwd, steps=steps, layouts=layouts) as h, model.using(backend):
         yield h

@@ -14,7 +14,7 @@ from moras_interp.models.mllm import MLLM
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str = "toy-llava") -> None:
-    """Add ``--model``, ``--device``, ``--dtype`` and ``--attn`` to a sub-command parser."""
+    """Add ``--model``, ``--device``, ``--dtype``, ``--attn`` and ``--backend`` to a sub-command parser."""
     p.add_argument("--model", default=default,
                    help="HF id, local path, shipped organism name (toy-llava) or tiny:<arch> (random weights)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the CPU; under torchrun cuda = cuda:LOCAL_RANK)")
@@ -22,6 +22,9 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "toy-llava") -> No
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: as transformers loads the checkpoint); "
                         "float16 overflows in MoRAS's steered states: use bfloat16 on a GPU")
     p.add_argument("--attn", default="eager", help="attention implementation (eager is needed for patterns)")
+    p.add_argument("--backend", default="hooks", choices=("hooks", "nnsight"),
+                   help="how edits and reads run: torch hooks (fast, local) or nnsight intervention graphs (same "
+                        "results; also remote)")
 
 
 def model_from_args(args: argparse.Namespace) -> MLLM:
@@ -29,7 +32,7 @@ def model_from_args(args: argparse.Namespace) -> MLLM:
     from moras_interp.models.loading import load_model
 
     return load_model(args.model, device=local_device(args.device), dtype=args.dtype, attn_implementation=args.attn,
-                      device_map=getattr(args, "device_map", None))
+                      device_map=getattr(args, "device_map", None), backend=getattr(args, "backend", None))
 
 
 def _nearest_existing(path: Path) -> Path:

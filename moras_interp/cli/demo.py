@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"[1/2] MoRAS vs baselines on {args.n} unsafe + {args.n} safe held-out queries → {out / 'moras'}")
     margs = ["moras", "--model", args.model, "--data", "toy", "--toy-n", str(args.n), "--out", str(out / "moras"),
              "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-             "--attn", args.attn]
+             "--attn", args.attn, "--backend", args.backend]
     margs += ["--device", args.device] if args.device else []
     margs += ["--dtype", args.dtype] if args.dtype else []
     margs += ["--quiet"] if args.quiet else []

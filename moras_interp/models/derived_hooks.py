@@ -27,6 +27,7 @@ live in :mod:`moras_interp.models.attn_call`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -133,7 +134,8 @@ _KINDS: dict[type, str] = {}
 def norm_kind(m: torch.nn.Module) -> str:
     """``"rms"``, ``"gemma"`` or ``"layer"``: the convention that reproduces ``m(x)`` on a random input.
 
-    Checked once per class (by running the module on 4 random rows); a norm no convention reproduces is a
+    Checked once per class (by running the module on 4 random rows; for a module on the meta device, a CPU copy
+    with random weights); a norm no convention reproduces is a
     ``TypeError`` naming the class, so ``ln*.hook_normalized`` never silently means something else.
     """
     if type(m) in _KINDS:
@@ -141,6 +143,12 @@ def norm_kind(m: torch.nn.Module) -> str:
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor) or w.ndim != 1:
         raise TypeError(f"{type(m).__name__}: not a norm with a [d] weight; the ln hooks need one.")
+    if w.is_meta:  # load_model(..., remote=True): probe a CPU copy of the class with random weights
+        g = torch.Generator().manual_seed(1)
+        m = copy.deepcopy(m).to_empty(device="cpu")
+        for p in m.parameters():
+            p.data.copy_(torch.randn(p.shape, generator=g).to(p.dtype))
+        w = m.weight
     x = torch.randn(4, w.shape[0], generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
     want = m(x).float()
     tol = 1e-4 if w.dtype == torch.float32 else 3e-2

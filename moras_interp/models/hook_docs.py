@@ -100,7 +100,9 @@ name is readable and editable like the others (`run_with_cache`, `model.hooks`, 
   `AttentionInterface` (restored when the module returns), see `moras_interp/models/attn_call.py`. They work
   under eager and sdpa (scores: eager only) and at every generation step (`hook_rot_k` then holds the new
   positions only), but not inside an nnsight trace: `model.read` / `model.write` there raise an error naming
-  `run_with_cache` / `model.hooks`. Every other name works in traces too.
+  `run_with_cache` / `model.hooks`; nor on the nnsight backend (`backend="nnsight"`, remote execution), which
+  refuses them naming the hook ([remote.md](remote.md)). Every other name works in traces and on the nnsight
+  backend too.
 * **Norms.** TransformerLens' `hook_scale` is `sqrt(mean(x²) + eps)` and `hook_normalized = x / scale`; both
   are float32 (float64 for float64 models), as TransformerLens upcasts half-precision norms, and an unedited
   `hook_normalized` is bit-identical to what the HF norm multiplies by its weight. Gemma and Gemma3 norms multiply by `1 + w` (not `w`): `normalized · (1 + w)` is the

@@ -14,24 +14,34 @@ at an edited hook returns the edited value. The hook is registered *first* (``pr
 transformers' output-capturing hooks (which LLaVA / LLaVA-NeXT use to pick their vision feature layer) see
 the edited value, as they do for nnsight edits. An nnsight trace reads a module's output *before* torch
 hooks run, so ``model.read`` of an output edited here is refused; inside a trace use
-``model.read(name)`` / ``model.write(name, value)`` instead.
+``model.read(name)`` / ``model.write(name, value)`` instead. The same installed entries also run on the
+nnsight backend (:mod:`moras_interp.models.graph`: ``generate(..., backend="nnsight")``), which suspends the
+torch hooks and executes them inside one intervention graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moras_interp.models.dispatch import Entry, HookContext, HookFn, attach, dispatcher_of
+from moras_interp.models.dispatch import (
+    Entry,
+    HookContext,
+    HookFn,
+    attach,
+    checked_edit,
+    dispatcher_of,
+    suspended,
+)
 from moras_interp.models.hooks import HookPoint
 from moras_interp.models.layout import TokenLayout
 
-__all__ = ["HookContext", "HookFn", "InterventionHandle", "Steps", "edited_hooks", "hooks", "install",
-           "installed_edits", "is_edited"]
+__all__ = ["HookContext", "HookFn", "InterventionHandle", "Steps", "checked_edit", "edited_hooks", "hooks",
+           "install", "installed_edits", "is_edited", "suspended"]
 
 if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
@@ -99,13 +109,15 @@ def edited_hooks(model: MLLM) -> list[str]:
 
 
 def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = None,
-            layouts: list[TokenLayout] | None = None, read: bool = False) -> InterventionHandle:
+            layouts: list[TokenLayout] | None = None, read: bool = False,
+            sink: Callable[[Any], None] | None = None) -> InterventionHandle:
     """Installs hooks and returns a handle (call ``handle.remove()``; prefer the ``model.hooks`` context).
 
     ``read=True``: the functions only observe (their return value is ignored) and run after every edit at
     the same hook, whenever either was installed. Edits run in installation order. An edit that returns a
     value holding NaN/Inf raises :class:`~moras_interp.models.finite.NonFiniteError` naming the hook, the
-    stage (``model.stage``) and whether the value was already non-finite before the edit.
+    stage (``model.stage``) and whether the value was already non-finite before the edit. ``sink`` receives
+    what the functions pass to ``ctx.record(value)``.
     """
     allowed = _step_set(steps)
     decode_only = steps == "decode"
@@ -113,7 +125,7 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
     handle = InterventionHandle()
 
     def active_now() -> bool:
-        s = handle.step
+        s = max(handle.step, 0)  # -1: before the first forward (HF generate may run the vision tower there)
         if decode_only:
             return s >= 1
         return allowed is None or s in allowed
@@ -145,18 +157,21 @@ def install(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = 
             if not active_now():
                 return None
             handle.calls[point.name] += 1
-            return HookContext(point.name, handle.step, layouts)
+            return HookContext(point.name, max(handle.step, 0), layouts, sink)
 
-        entry = Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype)
+        entry = Entry(point, fn, read, context, lambda: model.stage_name or "forward", model.dtype,
+                      steps="decode" if decode_only else (None if allowed is None else frozenset(allowed)),
+                      layouts=layouts, sink=sink)
         handle._handles.append(attach(model.adapter.module(point.module), entry))
     return handle
 
 
 @contextmanager
 def hooks(model: MLLM, fwd_hooks: list[tuple[str, HookFn]], *, steps: Steps = None,
-          layouts: list[TokenLayout] | None = None, read: bool = False) -> Iterator[InterventionHandle]:
+          layouts: list[TokenLayout] | None = None, read: bool = False,
+          sink: Callable[[Any], None] | None = None) -> Iterator[InterventionHandle]:
     """Context manager around :func:`install`; hooks are removed on exit, also after an exception."""
-    h = install(model, fwd_hooks, steps=steps, layouts=layouts, read=read)
+    h = install(model, fwd_hooks, steps=steps, layouts=layouts, read=read, sink=sink)
     try:
         yield h
     finally:

@@ -140,7 +140,7 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                attn_implementation: str | None = "eager", device_map: str | dict | None = None,
                remote: bool | str = False, trust_remote_code: bool = False, validate: bool = True,
-               **hf_kwargs: Any) -> MLLM:
+               backend: str | None = None, **hf_kwargs: Any) -> MLLM:
     """Load (or wrap) a multimodal model and return an :class:`MLLM`.
 
     Args:
@@ -152,9 +152,14 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         attn_implementation: "eager" (default: attention patterns readable everywhere) or "sdpa" (faster;
             ``cross_modal_attention`` stays exact). ``None`` keeps the model's setting.
         device_map: passed to ``from_pretrained`` (e.g. "auto" with accelerate for multi-GPU).
-        remote: passed to every nnsight trace (``True`` for NDIF, ``"local"`` to test serialisation).
+        remote: run every forward / generation as an nnsight graph on NDIF (``True``; the model is then built on
+            the meta device from its config: no weights are loaded or allocated here, and the id must be a Hub id
+            NDIF hosts) or ``"local"`` (serialise each graph as for NDIF and run it here, on local weights: a
+            test of remote readiness). See docs/remote.md.
         trust_remote_code: only when you trust the checkpoint's code.
         validate: resolve every hook name and check its shape on a tiny input (one forward).
+        backend: the model's default execution backend, "hooks" (torch hooks; the default) or "nnsight" (nnsight
+            intervention graphs; the only one with ``remote``).
         **hf_kwargs: forwarded to ``from_pretrained`` (e.g. ``revision``, ``local_files_only``).
 
     Raises (before any download): ``FileNotFoundError`` for a path that does not exist (with the closest
@@ -177,6 +182,8 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         if attn_implementation is not None and hasattr(hf, "set_attn_implementation"):
             hf.set_attn_implementation(attn_implementation)
         model_id = registered or getattr(hf.config, "_name_or_path", None) or type(hf).__name__
+    elif remote:  # the weights stay on the server: build the architecture on the meta device only
+        return _load_meta(name, target, processor, remote, attn_implementation, trust_remote_code, hf_kwargs, backend)
     else:
         from transformers import AutoModelForImageTextToText
 
@@ -207,7 +214,31 @@ def load_model(model_or_id_or_path: str | Path | torch.nn.Module, *, processor: 
         raise ValueError("Give either device (one device) or device_map (e.g. 'auto' for several GPUs), not both.")
     if isinstance(target, torch.nn.Module) and (device is not None or dtype is not None):
         hf.to(device=device, dtype=_dtype(dtype))
-    model = MLLM(hf, processor, model_id=registered or str(model_id), remote=remote)
+    model = MLLM(hf, processor, model_id=registered or str(model_id), remote=remote, backend=backend)
     if validate and not remote:
         model.validated_shapes = validate_hooks(model)
     return model
+
+
+def _load_meta(name: str, target: Any, processor: Any, remote: bool | str, attn_implementation: str | None,
+               trust_remote_code: bool, hf_kwargs: dict[str, Any], backend: str | None) -> MLLM:
+    """An :class:`MLLM` whose HF model lives on the meta device (shapes and module tree, no weights), wrapped
+    by an nnsight ``TransformersModel`` that knows its Hub id, for ``remote=True``."""
+    from nnsight import TransformersModel
+    from transformers import AutoConfig
+
+    pkw = {k: v for k, v in hf_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
+    try:
+        config = AutoConfig.from_pretrained(str(target), trust_remote_code=trust_remote_code, **pkw)
+    except OSError as e:
+        raise ModelNotFoundError(f"load_model({name!r}, remote=True): cannot read the model's config ({e}). "
+                                 "remote=True needs a Hugging Face Hub id (the config is read locally, the "
+                                 "weights stay on NDIF).") from e
+    if processor is None:
+        processor = _load_processor(str(target), config.model_type, trust_remote_code, pkw)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, **pkw}
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    nn = TransformersModel(str(target), task="image-text-to-text", dispatch=False, processor=processor,
+                           tokenizer=processor.tokenizer, **kw)
+    return MLLM(nn._module.eval(), processor, model_id=name, remote=remote, nn=nn, backend=backend)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import LogitsProcessorList
 
+from moras_interp.models import graph as _graph
 from moras_interp.models import interventions as _iv
 from moras_interp.models.act_names import NamesFilter, resolve_names_filter
 from moras_interp.models.adapters import Adapter, get_adapter
+from moras_interp.models.backend_access import BackendAccess
 from moras_interp.models.batch import Batch, ImageInput, prepare_batch
 from moras_interp.models.cache import ActivationCache
 from moras_interp.models.finite import FiniteLogits, StageLabels, check_outputs, pixel_hint
 from moras_interp.models.hooks import HookPoint, expand_names, hook_table_markdown
 from moras_interp.models.tl_run import TLRun
-from moras_interp.models.trace_access import trace_read, trace_write
 from moras_interp.models.weights_view import TLWeights
 from moras_interp.weights_hash import param_state
 
@@ -41,7 +42,7 @@ class Generation:
     logits: torch.Tensor | None = None
 
 
-class MLLM(StageLabels, TLRun):
+class MLLM(StageLabels, TLRun, BackendAccess):
     """A multimodal LLM with TransformerLens-style hook names on top of nnsight.
 
     Attributes:
@@ -49,13 +50,15 @@ class MLLM(StageLabels, TLRun):
         processor: its processor.
         adapter: the architecture adapter (where modules live, image-token geometry).
         nn: the nnsight wrapper (``nnsight.TransformersModel``) around ``hf``; use it for free-form traces.
+        backend: the default execution backend ("hooks": torch hooks; "nnsight": one intervention graph per
+            call, required for ``remote``); every running method also takes ``backend=``.
         model_id: HF id, local path or a descriptive name.
         validated_shapes: hook name -> shape measured by the load-time check on a probe input (None if
             ``load_model(..., validate=False)``).
     """
 
     def __init__(self, hf: torch.nn.Module, processor: Any, *, model_id: str | None = None,
-                 remote: bool | str = False, nn: Any = None) -> None:
+                 remote: bool | str = False, nn: Any = None, backend: str | None = None) -> None:
         from nnsight import TransformersModel
 
         self.hf = hf
@@ -63,6 +66,8 @@ class MLLM(StageLabels, TLRun):
         self.adapter: Adapter = get_adapter(hf, processor)
         self.model_id = model_id or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
         self.remote = remote
+        self.backend = _graph.check_backend(backend or ("nnsight" if remote else "hooks"))
+        """Default execution backend of forward / run_with_cache / generate: "hooks" or "nnsight"."""
         self.nn = nn if nn is not None else TransformersModel(
             hf, task="image-text-to-text", processor=processor, tokenizer=processor.tokenizer)
         self._points = {p.name: p for p in self.adapter.hook_points()}
@@ -140,63 +145,31 @@ class MLLM(StageLabels, TLRun):
 
     def _inputs(self, batch: Batch | dict[str, Any]) -> dict[str, Any]:
         b = batch if isinstance(batch, Batch) else Batch(dict(batch), [], [], [])
-        return dict(b.to(self.device, self.dtype).inputs)
-
-    # ------------------------------------------------------------------ nnsight access
-    def envoy(self, module_path: str) -> Any:
-        """The nnsight Envoy of a module path (``"model.language_model.layers.3"``)."""
-        env = self.nn
-        for part in module_path.split("."):
-            env = getattr(env, part)
-        return env
-
-    def trace(self, batch: Batch | dict[str, Any], **kwargs: Any) -> AbstractContextManager[Any]:
-        """An nnsight trace over ``batch``; inside it use :meth:`read` / :meth:`write` by hook name."""
-        if self.remote:
-            kwargs.setdefault("remote", self.remote)
-        return self.nn.trace(**self._inputs(batch), **kwargs)
-
-    def read(self, name: str) -> Any:
-        """Inside a trace: the (proxy) value of a hook. Access hooks in execution order."""
-        p = self.hook_point(name)
-        self._check_pattern(p)
-        if p.io == "output" and _iv.is_edited(self, p.name):
-            raise ValueError(
-                f"model.read({name!r}) inside an nnsight trace sees the value BEFORE the model.hooks edit installed "
-                "at this hook (nnsight reads a module's output before torch hooks run). Use "
-                "model.run_with_cache(...) inside the hooks block, or make the edit in the trace with model.write.")
-        return trace_read(self, p)
-
-    def write(self, name: str, value: Any) -> None:
-        """Inside a trace: replace a hook's value (same shape)."""
-        trace_write(self, self.hook_point(name), value)
-
-    def _check_pattern(self, p: HookPoint) -> None:
-        if p.name.endswith(("attn.hook_pattern", "attn.hook_attn_scores")) and self.attn_implementation != "eager":
-            raise ValueError(
-                f"{p.name} needs eager attention but this model runs {self.attn_implementation!r}. Load it with "
-                "load_model(..., attn_implementation='eager'), or use moras_interp.cross_modal_attention(), "
-                "which computes exact attention rows under sdpa too."
-            )
+        device = None if self.device.type == "meta" else self.device  # a remote model: inputs travel from CPU
+        return dict(b.to(device, self.dtype).inputs)
 
     # ------------------------------------------------------------------ running
     @torch.no_grad()
-    def forward(self, batch: Batch | dict[str, Any]) -> torch.Tensor:
-        """Plain forward; returns logits [b, pos, vocab]. NaN/Inf logits at a non-padding position raise
-        :class:`~moras_interp.models.finite.NonFiniteError` naming the rows (as :meth:`run_with_cache`)."""
+    def forward(self, batch: Batch | dict[str, Any], *, backend: str | None = None) -> torch.Tensor:
+        """Plain forward (with the :meth:`hooks` installed); returns logits [b, pos, vocab]. NaN/Inf logits at a
+        non-padding position raise :class:`~moras_interp.models.finite.NonFiniteError` naming the rows (as
+        :meth:`run_with_cache`). ``backend``: "hooks" or "nnsight" (default :attr:`backend`)."""
         with self.stage("forward", default=True):
             stage = self.stage_name or "forward"
-            logits = self.hf(**self._inputs(batch)).logits
+            logits = self._logits(batch, backend)
         self._check_outputs(batch, {"hook_logits": logits}, stage)
         return logits
 
     @torch.no_grad()
     def run_with_cache(self, batch: Batch, names: NamesFilter = None, *, names_filter: NamesFilter = None,
-                       device: torch.device | str | None = None) -> tuple[torch.Tensor, ActivationCache]:
+                       device: torch.device | str | None = None,
+                       backend: str | None = None) -> tuple[torch.Tensor, ActivationCache]:
         """One forward saving the named hooks: ``names`` / ``names_filter`` (the TransformerLens name; give one) is a
         name, a glob like ``"blocks.*.hook_resid_post"``, a list of them or a callable ``name -> bool``; ``None``:
         every name except ``attn.hook_result`` ([b, pos, heads, d] per layer, only computed when named or globbed
-        with its ending spelled out; a callable never selects it).
+        with its ending spelled out; a callable never selects it). ``backend``: "hooks" or "nnsight" (default
+        :attr:`backend`; the nnsight backend cannot reach the attention-call hooks ``hook_rot_q`` / ``hook_rot_k``
+        / ``hook_attn_scores``: name the hooks you need without them).
 
         Returns (logits [b, pos, vocab], ActivationCache). ``device`` moves cached tensors (e.g. "cpu").
         Values are read through the same per-hook mechanism as :meth:`hooks`, after every edit installed there,
@@ -208,8 +181,9 @@ class MLLM(StageLabels, TLRun):
         wanted = resolve_names_filter(names if names is not None else names_filter, self.hook_names())
         for n in wanted:
             self._check_pattern(self._points[n])
-        if self.remote:
-            return self._remote_cache(batch, wanted, device)
+        calls = [n for n in wanted if self._points[n].io == "call"]
+        if calls and self._backend(backend) == "nnsight":
+            raise _graph.call_points_refusal(calls)
         saved: dict[str, torch.Tensor] = {}
 
         def keep(name: str) -> _iv.HookFn:
@@ -219,7 +193,7 @@ class MLLM(StageLabels, TLRun):
 
         with self.stage("run_with_cache", default=True), _iv.hooks(self, [(n, keep(n)) for n in wanted], read=True):
             stage = self.stage_name or "run_with_cache"
-            logits = self.hf(**self._inputs(batch)).logits
+            logits = self._logits(batch, backend)
         missing = [n for n in wanted if n not in saved]
         if missing:
             raise ValueError(f"hooks {missing} did not run on this batch (vision hooks never run on text-only prompts).")
@@ -234,32 +208,17 @@ class MLLM(StageLabels, TLRun):
                       attention_mask=batch.inputs.get("attention_mask") if is_batch else None,
                       examples=batch.prompts if is_batch else None, dtype=self.dtype)
 
-    def _remote_cache(self, batch: Batch, wanted: list[str],
-                      device: torch.device | str | None) -> tuple[torch.Tensor, ActivationCache]:
-        """run_with_cache through an nnsight trace (remote execution; local edits do not apply there)."""
-        calls = [n for n in wanted if self._points[n].io == "call"]
-        if calls:
-            raise ValueError(f"{calls[0]} (and {len(calls) - 1} more) cannot be read in remote execution: they exist only "
-                             "inside the attention call. Name the hooks you need (e.g. 'blocks.*.attn.hook_q').")
-        pts = sorted((self._points[n] for n in wanted), key=lambda p: p.order)
-        saved: dict[str, Any] = {}
-        with self.trace(batch):
-            for p in pts:
-                saved[p.name] = self.read(p.name).save()
-            logits = self.envoy(self.adapter.lm_head).output.save()
-        tensors = {n: (saved[n].to(device) if device is not None else saved[n]) for n in wanted}
-        return logits, ActivationCache(tensors, batch.layouts if isinstance(batch, Batch) else None, self)
-
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 32, *, do_sample: bool = False,
-                 return_logits: bool = False, **kwargs: Any) -> Generation:
+                 return_logits: bool = False, backend: str | None = None, **kwargs: Any) -> Generation:
         """Greedy (by default) generation with KV cache; interventions from :meth:`hooks` apply per step.
 
         ``return_logits=True`` also returns the per-step logits [b, new, vocab]; other keyword arguments go to
         HF ``generate`` (e.g. ``min_new_tokens``). Greedy means plain argmax: logits processors a checkpoint's
         ``generation_config`` may ship (``repetition_penalty``, ``no_repeat_ngram_size``) are switched off unless
         passed explicitly. NaN/Inf logits at any step raise :class:`~moras_interp.models.finite.NonFiniteError`
-        naming the stage (see :meth:`stage`), the step and the rows.
+        naming the stage (see :meth:`stage`), the step and the rows. ``backend``: "hooks" (torch hooks) or
+        "nnsight" (one ``model.nn.generate`` graph visiting each step with ``tracer.iter``); same tokens.
         """
         inputs = self._inputs(batch)
         tok = self.tokenizer
@@ -271,10 +230,15 @@ class MLLM(StageLabels, TLRun):
         if return_logits:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
         with self.stage("generate", default=True):
+            if self._backend(backend) == "hooks":
+                hint = lambda: self._nonfinite_hint(inputs)  # noqa: E731 - computed only once an error is certain
+            else:  # the processor travels with a remote graph: it must not hold the model
+                text = self._nonfinite_hint(inputs)
+                hint = lambda: text  # noqa: E731
             check = FiniteLogits(self.stage_name or "generate", batch.prompts if isinstance(batch, Batch) else None,
-                                 self.dtype, lambda: self._nonfinite_hint(inputs))
+                                 self.dtype, hint)
             kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), check])
-            out = self.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+            out = self._generate(inputs, max_new_tokens, do_sample, kwargs, backend)
         seq = out if isinstance(out, torch.Tensor) else out.sequences
         new = seq[:, inputs["input_ids"].shape[1]:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
@@ -291,12 +255,15 @@ class MLLM(StageLabels, TLRun):
 
     @contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, _iv.HookFn]], *, steps: _iv.Steps = None,
-              layouts: Any = None, read: bool = False) -> Iterator[_iv.InterventionHandle]:
+              layouts: Any = None, read: bool = False,
+              sink: Any = None) -> Iterator[_iv.InterventionHandle]:
         """Apply ``(name, fn)`` interventions inside the block, for chosen steps (0 = prefill, t = decode t).
 
         ``fn(value, ctx) -> new value | None``; ``ctx.step`` and ``ctx.layouts`` tell where it is. Edits at
         one hook run in installation order. ``read=True`` marks observers: their return value is ignored and
-        they run after every edit at the same hook, so they see the value the model goes on with.
+        they run after every edit at the same hook, so they see the value the model goes on with. ``sink``
+        receives what the functions pass to ``ctx.record(value)`` (on every backend, remote included). The
+        same installed functions run on either backend (``generate(..., backend="hooks" | "nnsight")``).
         """
-        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts, read=read) as h:
+        with _iv.hooks(self, fwd_hooks, steps=steps, layouts=layouts, read=read, sink=sink) as h:
             yield h

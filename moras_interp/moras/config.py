@@ -45,6 +45,9 @@ class MoRASConfig:
             LLaVA-1.5 code uses ``prompts.LLAVA_V1_SYSTEM`` (its conv_llava_v1 conversation), llava-hf's template none.
         attention_edits: ``moras_interp.attention.interventions`` edits applied in ``attention_edit_stages``
             ("context", "risk", "answer") — the official code's attention ablations.
+        backend: how every stage runs: "hooks" (torch hooks, the fast local path), "nnsight" (one nnsight
+            intervention graph per generate, also remote) or None (the model's default, ``model.backend``).
+            Both give the same tokens, states and risks.
     """
 
     n_tokens: int = 3
@@ -73,6 +76,7 @@ class MoRASConfig:
     attention_edit_stages: tuple[str, ...] = ("answer",)
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
+    backend: str | None = None
 
     @classmethod
     def authors(cls, **overrides: Any) -> MoRASConfig:
@@ -114,6 +118,8 @@ class MoRASConfig:
             bad = sorted(set(stages) - set(STAGES))
             if bad:
                 raise ValueError(f"{name} {bad}: use 'context', 'risk' and/or 'answer'.")
+        if self.backend not in (None, "hooks", "nnsight"):
+            raise ValueError(f"backend={self.backend!r}: use 'hooks', 'nnsight' or None (the model's default).")
         if self.steer_mode == "direction" and self.direction is None:
             raise ValueError("steer_mode='direction' needs direction= ({hook: [d]} or an activations Direction), "
                              "e.g. moras.variants.prototype_direction(unsafe, safe).")

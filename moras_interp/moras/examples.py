@@ -7,12 +7,13 @@ Every example is a :class:`moras_interp.eval.datasets.Example`; :func:`safety_la
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from moras_interp.eval.benchmark_files import load_figstep, load_mm_safetybench, load_xstest
 from moras_interp.eval.datasets import Example, load_csv, load_jsonl
-from moras_interp.eval.labels import GOLD_KEYS, gold_answer, safety_label
+from moras_interp.eval.labels import GOLD_KEYS, describe, gold_answer, safety_label
 
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "figstep", "mm-safetybench", "xstest")
 """File formats :func:`load_examples` understands (``"auto"`` picks by extension: .jsonl, .csv, .json)."""
@@ -91,3 +92,24 @@ def load_examples(data: str | Path, *, fmt: str = "auto", image_root: str | Path
 
 __all__ = ["DATA_SOURCES", "FORMATS", "GOLD_KEYS", "DataSource", "gold_answer", "load_examples",
            "register_data_source", "safety_label"]
+
+
+def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
+    """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label.
+
+    Labels follow the one label rule (:func:`moras_interp.eval.labels.safety_label`: "unsafe"/"harmful"/1/True,
+    "safe"/"benign"/0/False, case and spaces ignored; a utility example with a gold answer and no label is safe;
+    anything else is an error naming the example). ``labels=False`` reads no labels (is_unsafe all False), for
+    unlabelled data.
+    """
+    ims, qs, ys = [], [], []
+    for i, it in enumerate(items):
+        if isinstance(it, (tuple, list)):
+            im, q, _ = it
+        else:
+            im = it.load_image() if hasattr(it, "load_image") else it.image
+            q = getattr(it, "text", None) or it.question
+        ims.append(im)
+        qs.append(q)
+        ys.append(safety_label(it, where=describe(it, i)) == "unsafe" if labels else False)
+    return ims, qs, ys

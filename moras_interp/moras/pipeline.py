@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moras_interp.eval.labels import describe, safety_label
 from moras_interp.models.batch import ImageInput
+from moras_interp.moras.compose import MoRASRun, deliver, user_hooks
 from moras_interp.moras.config import SETUPS, MoRASConfig
+from moras_interp.moras.examples import unpack_examples
 from moras_interp.moras.presets import check_preset
 from moras_interp.moras.prompts import reformulate, safety_query
 from moras_interp.moras.prototype import UnsafePrototype
@@ -32,27 +33,6 @@ if TYPE_CHECKING:
     from moras_interp.models.mllm import MLLM
 
 __all__ = ["SETUPS", "MoRAS", "MoRASConfig", "unpack_examples"]
-
-
-def unpack_examples(items: Sequence[Any], *, labels: bool = True) -> tuple[list[Any], list[str], list[bool]]:
-    """(images, questions, is_unsafe) from (image, question, label) tuples or objects with .image/.text/.label.
-
-    Labels follow the one label rule (:func:`moras_interp.eval.labels.safety_label`: "unsafe"/"harmful"/1/True,
-    "safe"/"benign"/0/False, case and spaces ignored; a utility example with a gold answer and no label is safe;
-    anything else is an error naming the example). ``labels=False`` reads no labels (is_unsafe all False), for
-    unlabelled data.
-    """
-    ims, qs, ys = [], [], []
-    for i, it in enumerate(items):
-        if isinstance(it, (tuple, list)):
-            im, q, _ = it
-        else:
-            im = it.load_image() if hasattr(it, "load_image") else it.image
-            q = getattr(it, "text", None) or it.question
-        ims.append(im)
-        qs.append(q)
-        ys.append(safety_label(it, where=describe(it, i)) == "unsafe" if labels else False)
-    return ims, qs, ys
 
 
 _examples = unpack_examples  # the old private name, still imported by tests
@@ -89,6 +69,7 @@ class MoRAS:
                              "rebuild it with UnsafePrototype.build(model, n_tokens=...).")
         self.targets = steering_targets(prototype.states, self.config.steer_hooks) \
             if self.config.steer_mode == "interpolate" else {}
+        self._user: dict[str, list[Any]] = {}  # MoRAS.trace's per-stage reads/edits while its run executes
         self.calibration_traces: list[MoRASTrace] = []
         """Stage 1–2 traces of the calibration pairs (set by :meth:`calibrate`; label, s and fitted r)."""
         if calibration is None and self.config.fixed_r is None:
@@ -132,16 +113,23 @@ class MoRAS:
 
     # ------------------------------------------------------------------ stages
     @contextmanager
-    def _edits(self, stage: str, batch: Any) -> Iterator[None]:
-        """The stage's attention edits (if configured), under the stage label finite-check errors name."""
-        with self.model.stage(f"MoRAS {stage}"):
-            if not self.config.attention_edits or stage not in self.config.attention_edit_stages:
-                yield
-                return
-            from moras_interp.attention.interventions import attention_edits
+    def _edits(self, stage: str, batch: Any, traces: list[MoRASTrace] | None = None) -> Iterator[None]:
+        """The stage's attention edits (if configured) and the user's reads/edits (``MoRAS.trace``, when ``traces``
+        are given), on ``config.backend``, under the stage label finite-check errors name."""
+        with ExitStack() as stack:
+            stack.enter_context(self.model.stage(f"MoRAS {stage}"))
+            stack.enter_context(self.model.using(self.config.backend))
+            if self.config.attention_edits and stage in self.config.attention_edit_stages:
+                from moras_interp.attention.interventions import attention_edits
 
-            with attention_edits(self.model, self.config.attention_edits, layouts=batch.layouts):
-                yield
+                stack.enter_context(attention_edits(self.model, self.config.attention_edits, layouts=batch.layouts))
+            sink: list[Any] = []
+            for name, fn, steps, read in user_hooks(self._user.get(stage, []) if traces is not None else [], sink):
+                stack.enter_context(self.model.hooks([(name, fn)], steps=steps, layouts=batch.layouts, read=read))
+            yield
+        if sink and traces is not None:
+            per_pos = {n for n, _, _ in sink if self.model.hook_point(n).shape.startswith("[b, pos")}
+            deliver(stage, sink, traces, batch.layouts, per_pos)
 
     def _chunks(self, n: int, batch_size: int, progress: bool, desc: str) -> Any:
         if n == 0:
@@ -155,7 +143,7 @@ class MoRAS:
         cfg, t0 = self.config, time.perf_counter()
         batch = self.model.prepare(self._images("context", images), [cfg.context_prompt] * len(traces),
                                    system=cfg.system)
-        with self._edits("context", batch):
+        with self._edits("context", batch, traces):
             gen = self.model.generate(batch, max_new_tokens=cfg.max_context_tokens, **cfg.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
         for i, (tr, text, ctx) in enumerate(zip(traces, batch.texts, gen.texts)):
@@ -171,7 +159,7 @@ class MoRAS:
         batch = self.model.prepare(self._images("risk", images),
                                    [safety_query(t.reformulated or "", cfg.safety_prompt) for t in traces],
                                    system=cfg.system)
-        with self._edits("risk", batch):
+        with self._edits("risk", batch, traces):
             out = step_states(self.model, batch, cfg.n_tokens, eos=cfg.stage2_eos)
         h, valid = out.states[FINAL], out.valid
         lm_head = self.model.adapter.module(self.model.adapter.lm_head)
@@ -241,7 +229,7 @@ class MoRAS:
                                    system=self.config.system)
         norms: list[torch.Tensor] = []
         steer = self._steering(r, batch, norms)
-        with steer, self._edits("answer", batch):
+        with steer, self._edits("answer", batch, traces):
             gen = self.model.generate(batch, max_new_tokens=max_new_tokens, **self.config.generate_kwargs)
         dt = (time.perf_counter() - t0) / len(traces)
         if not norms and self.config.steer_mode != "direction":  # steering skipped (every r = 0): zero displacement,
@@ -276,6 +264,16 @@ class MoRAS:
                 for t, r in zip(tr, self._strength(s, len(tr))):
                     t.risk = float(r)
         return traces
+
+    def trace(self, images: Sequence[ImageInput], questions: Sequence[str], *, backend: str | None = None,
+              **run_kwargs: Any) -> MoRASRun:
+        """``with moras.trace(images, questions) as run:`` declare reads/edits per stage
+        (``run.stage("answer").read(hook, steps=...)`` / ``.write(hook, fn, steps=...)``); the pipeline runs on
+        leaving the block (``backend`` overrides ``config.backend`` for it) and ``run.traces`` holds the traces,
+        with the reads in ``trace.reads``. ``run_kwargs`` go to :meth:`run`. See :mod:`moras_interp.moras.compose`."""
+        if backend is not None and backend not in ("hooks", "nnsight"):
+            raise ValueError(f"backend={backend!r}: use 'hooks' or 'nnsight'.")
+        return MoRASRun(self, images, questions, backend=backend, run_kwargs=run_kwargs)
 
     def run(self, images: Sequence[ImageInput], questions: Sequence[str], *, max_new_tokens: int | None = None,
             batch_size: int = 8, progress: bool = True) -> list[MoRASTrace]:

@@ -22,13 +22,16 @@ if TYPE_CHECKING:
 
 @contextmanager
 def interpolate_towards(model: MLLM, targets: dict[str, torch.Tensor], strength: torch.Tensor, *,
-                        norms: list[torch.Tensor] | None = None) -> Iterator[InterventionHandle]:
+                        norms: list[torch.Tensor] | None = None,
+                        backend: str | None = None) -> Iterator[InterventionHandle]:
     """While open, every generate/forward moves the last position toward ``targets[hook][t]`` at step t.
 
     Args:
         targets: {hook name: [N, d]} per-step targets (the unsafe prototype u_t).
         strength: float [b] per-example r (0 = no change, 1 = replace with u_t).
-        norms: if given, receives one [b] tensor per step and hook: ‖r (u_t − h_t)‖ (displacement).
+        norms: if given, receives one [b] tensor per step and hook: ‖r (u_t − h_t)‖ (displacement), on either
+            backend (through ``ctx.record``).
+        backend: "hooks" or "nnsight" for the generations inside the block (default ``model.backend``).
     """
     n = {h: int(t.shape[0]) for h, t in targets.items()}
     if len(set(n.values())) != 1:
@@ -45,13 +48,14 @@ def interpolate_towards(model: MLLM, targets: dict[str, torch.Tensor], strength:
             h = v[:, -1].float()
             delta = r[:, None] * (target[ctx.step].to(v.device).float()[None] - h)
             if norms is not None:
-                norms.append(delta.norm(dim=-1).cpu())
+                ctx.record(delta.norm(dim=-1).cpu())
             out = v.clone()
             out[:, -1] = (h + delta).to(v.dtype)
             return out
         return fn
 
-    with model.hooks([(h, make(h)) for h in targets], steps=range(steps)) as handle:
+    with model.hooks([(h, make(h)) for h in targets], steps=range(steps),
+                     sink=None if norms is None else norms.append) as handle, model.using(backend):
         yield handle
 
 

@@ -39,6 +39,9 @@ class MoRASTrace:
         answer: the final answer; ``stage_times``: seconds per stage (batch time / batch size);
         token_counts: prompt and generated tokens per stage.
         stage2_states: float32 [N, d] last-position post-norm states of stage 2 (optional).
+        reads: what the user's reads inside ``MoRAS.trace`` saved for this query: ``"<stage>/<hook>/<step>"`` ->
+            this query's value at that step (prefill values of ``[b, pos, …]`` hooks without the left padding);
+            saved in the safetensors file beside the JSON.
         attention: with ``MoRASConfig.keep_attention``, {"reformulated": CrossModalAttention, "plain": ...,
             "index": this query's row in them} for the stage-2 last token; kept in memory only (save them
             with ``CrossModalAttention.save``).
@@ -63,12 +66,14 @@ class MoRASTrace:
     token_counts: dict[str, int] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     stage2_states: torch.Tensor | None = None
+    reads: dict[str, torch.Tensor] = field(default_factory=dict)
     attention: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("stage2_states")
         d.pop("attention")
+        d["reads"] = sorted(self.reads)  # the names; the tensors go to the safetensors file
         return d
 
     def save(self, path: str | Path) -> Path:
@@ -78,8 +83,11 @@ class MoRASTrace:
         Returns the JSON path."""
         p, st = trace_paths(path)
         d = self.to_dict() | {"stage2_states_file": None}
+        tensors = {f"reads/{k}": v.contiguous() for k, v in self.reads.items()}
         if self.stage2_states is not None:
-            atomic_write_bytes(st, save({"stage2_states": self.stage2_states.contiguous()}))
+            tensors["stage2_states"] = self.stage2_states.contiguous()
+        if tensors:
+            atomic_write_bytes(st, save(tensors))
             d["stage2_states_file"] = st.name
         atomic_write_text(p, json.dumps(d, indent=1))
         return p
@@ -91,7 +99,10 @@ class MoRASTrace:
         d = read_json(p, what="a MoRAS trace file")
         check_fields(d, {"question": str, "method": str, "answer": str}, str(p))
         states_file = d.pop("stage2_states_file", st.name if st.exists() else None)
-        known = {f for f in cls.__dataclass_fields__} - {"stage2_states", "attention"}
+        read_names = d.pop("reads", [])
+        if not isinstance(read_names, list) or not all(isinstance(k, str) for k in read_names):
+            raise ReadError(f"{p}: field 'reads' must be a list of names.")
+        known = {f for f in cls.__dataclass_fields__} - {"stage2_states", "attention", "reads"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ReadError(f"{p}: unknown field(s) {unknown}: not a MoRASTrace file.")
@@ -100,10 +111,17 @@ class MoRASTrace:
             d["stage2_topk"] = [[(str(t), float(v)) for t, v in step] for step in d.get("stage2_topk", [])]
         except (TypeError, ValueError) as e:
             raise ReadError(f"{p}: invalid image_size or stage2_topk ({e}).") from e
-        states = None
+        states, reads = None, {}
+        if read_names and states_file is None:
+            raise ReadError(f"{p}: lists reads {read_names[:3]} but names no safetensors file holding them.")
         if states_file is not None:
-            states = read_safetensors(p.parent / states_file, ["stage2_states"])["stage2_states"]
-        return cls(**d, stage2_states=states)
+            got = read_safetensors(p.parent / states_file)
+            missing = [k for k in read_names if f"reads/{k}" not in got]
+            if missing:
+                raise ReadError(f"{p.parent / states_file} holds no tensors for the reads {missing[:3]} listed in {p}.")
+            reads = {k: got[f"reads/{k}"] for k in read_names}
+            states = got.get("stage2_states")
+        return cls(**d, stage2_states=states, reads=reads)
 
     def _repr_html_(self) -> str:
         e = html.escape
