@@ -10,10 +10,7 @@ import textwrap
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
-
-pytest.importorskip("ipywidgets", reason="the Jupyter explorers need ipywidgets (`dev` extra)")
 
 
 def displayed_figures(cells: list[str]) -> list[dict[str, Any]]:
@@ -63,7 +60,7 @@ box = attention_explorer(*atts, 0).widget()
 layer, heads, query = box.children[0].children
 box
 """
-PROMPTS = ["describe this image", "what is the small thing in the picture here"]
+PROMPTS = ["describe this image", "tell me what is in the picture"]
 
 
 def reference_maps(layers: list[int]) -> list[np.ndarray]:
