@@ -120,7 +120,7 @@ export(dla.heatmap("total", title=f"{model.model_id}: head DLA, logit(i) - logit
        "01_dla_heads")
 
 # %%
-export(dla.split_figure(k=8, title="top heads: logit contribution read from image vs text tokens (mean)"),
+export(dla.split_figure(k=8, title="top heads: logit contribution read from image vs text tokens, mean"),
        "01_dla_image_vs_text")
 
 # %% [markdown]

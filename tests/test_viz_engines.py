@@ -188,6 +188,13 @@ def test_long_titles_wrap_and_cut_text_has_an_ellipsis() -> None:
     assert ellipsize("what is the small thing in the picture", 20) == "what is the small…"
     assert ellipsize("short", 20) == "short"
     assert wrap_title("a b", 1000) == "a b"
+    # a small layer x head grid widens for a long title (two lines; a third reached the 4 x 4 plot)
+    from moras_interp.viz import layer_head_grid
+
+    title = "toy-llava: head DLA, logit(i) - logit(sure), mean over scenes (n = 16 examples)"
+    grid = layer_head_grid(torch.rand(4, 4), title=title)
+    assert grid.layout.title.text.count("<br>") == 1 and 420 < grid.layout.width <= 900
+    assert layer_head_grid(torch.rand(4, 4), title="mass").layout.width == 420
 
 
 def test_fallback_refuses_what_it_cannot_draw() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from moras_interp.viz.style import degenerate_range, title_lines, wrap_title
+from moras_interp.viz.style import _CHAR_PX, TITLE_PX, degenerate_range, title_lines, wrap_title
 
 Box = tuple[float, float, float, float]
 ImageLike = Image.Image | np.ndarray | None
@@ -220,7 +221,11 @@ def layer_head_grid(
     yt = ticks(n_layers) if layers is None else {"tickvals": list(range(n_layers)), "ticktext": [str(v) for v in ly]}
     fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False, **xt)
     fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, **yt)
-    return _finish(fig, title, max(420, 18 * n_heads + 260), max(320, 14 * n_layers + 160))
+    # wide enough for the title in two lines where it can be (a third line would reach a small grid's plot)
+    title_px = max((len(re.sub(r"<[^>]+>", "", part)) * (0.7 if part.startswith("<sup>") else 1.0)
+                    for part in str(title).split("<br>")), default=0) * TITLE_PX * _CHAR_PX
+    width = max(420, 18 * n_heads + 260, min(900, int(title_px * 0.6) + 80))  # 0.6: slack for word wrapping
+    return _finish(fig, title, width, max(320, 14 * n_layers + 160))
 
 
 def small_multiples(
