@@ -98,3 +98,14 @@ def test_unknown_organism_without_data_says_what_to_do() -> None:
     assert "toy-llava" in ORGANISM_DATA
     with pytest.raises(ValueError, match="DATA"):
         _session("llava-hf/llava-1.5-7b-hf", 2).image_queries()
+
+
+def test_quiet_leaves_no_traceback_at_interpreter_exit() -> None:
+    """quiet() in a plain script: the settings are restored at exit without an "Exception ignored" traceback."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", "from moras_interp.notebooks import quiet; quiet(); quiet(); print('ok')"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok"
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr[-2000:]

@@ -13,6 +13,7 @@ folder (:func:`relative_to_notebook`), whatever the kernel's working directory.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,9 @@ def quiet() -> None:
         ctx = quiet_third_party()
         ctx.__enter__()
         _QUIET.append(ctx)
+        # restore the settings at exit, while imports still work (not when the generator is collected at
+        # interpreter shutdown, which printed an ImportError traceback)
+        atexit.register(ctx.__exit__, None, None, None)
 
 
 @dataclass
