@@ -19,7 +19,8 @@
 # The paper's first diagnosis: when a harmful request refers to *the item in the image*, the last prompt token's attention over the image does not concentrate on the risky object; once the question carries the model's own one-sentence visual context (MoRAS stage 1), it does. We trace the exact attention rows of the last prompt token to every image token (no `output_attentions` dump), draw them over the original image, and measure the share that lands on the hazard's box, per layer and for the visual head set H_n.
 
 # %% tags=["parameters"]
-MODEL = "toy-llava"      # HF id or local path, e.g. llava-hf/llava-1.5-7b-hf (GPU)
+ORGANISM = "toy-llava"   # shipped model organism: the model, and the data when DATA is None
+MODEL = None             # HF id or local path instead of the organism, e.g. llava-hf/llava-1.5-7b-hf (GPU)
 DEVICE = None            # e.g. cuda
 DTYPE = None             # e.g. bfloat16 on a GPU
 DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
@@ -28,47 +29,19 @@ FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relati
 PLOTLYJS = True          # HTML figures: True = standalone (plotly.js inlined), or cdn, or directory
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 import torch
 
-import moras_interp as mi
-from moras_interp.notebooks import quiet, relative_to_notebook
-from moras_interp.viz import save_html, save_png
+from moras_interp import notebooks
 
-quiet()  # no transformers loading bars or log lines in this session; our progress bars stay
-FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
-FIGURES.mkdir(parents=True, exist_ok=True)
-model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
-# cached / resumable results of this notebook, one folder per model and data size
-RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path(str(DATA)).stem}-N{N}"
-
-
-def export(fig, name):
-    """Write a figure as PNG and HTML (standalone unless PLOTLYJS says otherwise) into FIGURES."""
-    save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs=PLOTLYJS)
-    return fig
-
-
+# loads the model, resolves FIGURES (relative to this notebook) and RUNS, silences third-party output
+session = notebooks.setup(ORGANISM, model=MODEL, device=DEVICE, dtype=DTYPE, data=DATA, n=N,
+                          figures=FIGURES, plotlyjs=PLOTLYJS)
+model, FIGURES, RUNS, export = session.model, session.figures, session.runs, session.export
 model
 
 # %%
-from moras_interp.organisms import tasks
-
-if DATA is None:
-    unsafe = tasks.harmful_image_queries(N, seed=1)
-    safe = tasks.benign_image_queries(N, seed=1)
-else:
-    from moras_interp.eval.datasets import load_csv, load_jsonl
-
-    from types import SimpleNamespace
-
-    rows = [SimpleNamespace(image=r.load_image(), question=r.text, label=r.label, box=r.region)  # labels normalised
-            for r in (load_jsonl if str(DATA).endswith(".jsonl") else load_csv)(DATA)]            # by the loader
-    unsafe = [r for r in rows if r.label == "unsafe"][:N]
-    safe = [r for r in rows if r.label == "safe"][:N]
+unsafe, safe = session.image_queries()  # held-out scenes of the organism, or the rows of DATA
 queries = unsafe + safe
 print(len(unsafe), "unsafe and", len(safe), "safe queries")
 
@@ -147,7 +120,7 @@ export(dla.heatmap("total", title=f"{model.model_id}: head DLA, logit(i) - logit
        "01_dla_heads")
 
 # %%
-export(dla.split_figure(k=8, title="top heads: logit contribution read from image vs text tokens (mean)"),
+export(dla.split_figure(k=8, title="top heads: logit contribution read from image vs text tokens, mean"),
        "01_dla_image_vs_text")
 
 # %% [markdown]

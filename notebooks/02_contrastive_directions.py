@@ -19,7 +19,8 @@
 # The paper's second diagnosis: last-token states of unsafe and safe *image* queries are hard to separate (low Fisher Discriminant Ratio) when the question is asked plainly, and become separable once the question is reformulated with the model's own visual context. We collect the residual stream at every layer into a resumable on-disk store, compute FDR and held-out AUROC per layer for both conditions, derive a difference-of-means direction and steer with it.
 
 # %% tags=["parameters"]
-MODEL = "toy-llava"      # HF id or local path, e.g. llava-hf/llava-1.5-7b-hf (GPU)
+ORGANISM = "toy-llava"   # shipped model organism: the model, and the data when DATA is None
+MODEL = None             # HF id or local path instead of the organism, e.g. llava-hf/llava-1.5-7b-hf (GPU)
 DEVICE = None            # e.g. cuda
 DTYPE = None             # e.g. bfloat16 on a GPU
 DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
@@ -28,47 +29,18 @@ FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relati
 PLOTLYJS = True          # HTML figures: True = standalone (plotly.js inlined), or cdn, or directory
 
 # %%
-from pathlib import Path
-
 import pandas as pd
-import torch
 
-import moras_interp as mi
-from moras_interp.notebooks import quiet, relative_to_notebook
-from moras_interp.viz import save_html, save_png
+from moras_interp import notebooks
 
-quiet()  # no transformers loading bars or log lines in this session; our progress bars stay
-FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
-FIGURES.mkdir(parents=True, exist_ok=True)
-model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
-# cached / resumable results of this notebook, one folder per model and data size
-RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path(str(DATA)).stem}-N{N}"
-
-
-def export(fig, name):
-    """Write a figure as PNG and HTML (standalone unless PLOTLYJS says otherwise) into FIGURES."""
-    save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs=PLOTLYJS)
-    return fig
-
-
+# loads the model, resolves FIGURES (relative to this notebook) and RUNS, silences third-party output
+session = notebooks.setup(ORGANISM, model=MODEL, device=DEVICE, dtype=DTYPE, data=DATA, n=N,
+                          figures=FIGURES, plotlyjs=PLOTLYJS)
+model, FIGURES, RUNS, export = session.model, session.figures, session.runs, session.export
 model
 
 # %%
-from moras_interp.organisms import tasks
-
-if DATA is None:
-    unsafe = tasks.harmful_image_queries(N, seed=1)
-    safe = tasks.benign_image_queries(N, seed=1)
-else:
-    from moras_interp.eval.datasets import load_csv, load_jsonl
-
-    from types import SimpleNamespace
-
-    rows = [SimpleNamespace(image=r.load_image(), question=r.text, label=r.label, box=r.region)  # labels normalised
-            for r in (load_jsonl if str(DATA).endswith(".jsonl") else load_csv)(DATA)]            # by the loader
-    unsafe = [r for r in rows if r.label == "unsafe"][:N]
-    safe = [r for r in rows if r.label == "safe"][:N]
+unsafe, safe = session.image_queries()  # held-out scenes of the organism, or the rows of DATA
 queries = unsafe + safe
 print(len(unsafe), "unsafe and", len(safe), "safe queries")
 
@@ -112,8 +84,8 @@ export(fig, "02_separability")
 # %%
 from moras_interp.activations import steer
 
-text = ([dict(image=None, text=q.question, label="unsafe") for q in tasks.harmful_text_queries(N)]
-        + [dict(image=None, text=q.question, label="safe") for q in tasks.benign_text_queries(N)])
+text_unsafe, text_safe = session.text_queries()  # N text-only requests per class, in the organism's words
+text = [dict(image=None, text=q.question, label=q.label) for q in text_unsafe + text_safe]
 text_store = collect_activations(model, text, names="blocks.*.hook_resid_post", positions="last", batch_size=16)
 refusal = class_activations(text_store, "unsafe", "safe").direction("diff_of_means", normalise=False)
 seps["text-only"] = layer_separability(class_activations(text_store, "unsafe", "safe"))

@@ -19,7 +19,8 @@
 # MoRAS (arXiv 2510.13698) in three stages on the same nnsight graph: (1) the model writes a one-sentence visual context for the image; (2) with a safety prompt and the reformulated question it greedily produces N=3 tokens whose next-token distributions are compared (γ-decayed cosine) with those of an *unsafe prototype* (mean states over text-only harmful requests), giving a risk r after a sigmoid calibration; (3) it answers the ORIGINAL question while the first N post-final-norm states are interpolated towards the prototype, h ← h + r (u_t − h). Every intermediate state is kept in a `MoRASTrace`.
 
 # %% tags=["parameters"]
-MODEL = "toy-llava"      # HF id or local path, e.g. llava-hf/llava-1.5-7b-hf (GPU)
+ORGANISM = "toy-llava"   # shipped model organism: the model, and the data when DATA is None
+MODEL = None             # HF id or local path instead of the organism, e.g. llava-hf/llava-1.5-7b-hf (GPU)
 DEVICE = None            # e.g. cuda
 DTYPE = None             # e.g. bfloat16 on a GPU
 DATA = None              # JSONL/CSV with text, image, label, region; None = held-out scenes of the organism
@@ -28,42 +29,17 @@ FIGURES = "../figures"   # PNG + HTML figures go here; a relative path is relati
 PLOTLYJS = True          # HTML figures: True = standalone (plotly.js inlined), or cdn, or directory
 
 # %%
-from pathlib import Path
+from moras_interp import notebooks
 
-import pandas as pd
-import torch
-
-import moras_interp as mi
-from moras_interp.notebooks import quiet, relative_to_notebook
-from moras_interp.viz import save_html, save_png
-
-quiet()  # no transformers loading bars or log lines in this session; our progress bars stay
-FIGURES = relative_to_notebook(FIGURES)  # the same folder whatever the working directory
-FIGURES.mkdir(parents=True, exist_ok=True)
-model = mi.load_model(MODEL, device=DEVICE, dtype=DTYPE)
-# cached / resumable results of this notebook, one folder per model and data size
-RUNS = Path(FIGURES).resolve().parent / "runs" / f"{Path(str(MODEL)).name}-{Path(str(DATA)).stem}-N{N}"
-
-
-def export(fig, name):
-    """Write a figure as PNG and HTML (standalone unless PLOTLYJS says otherwise) into FIGURES."""
-    save_png(fig, Path(FIGURES) / f"{name}.png")
-    save_html(fig, Path(FIGURES) / f"{name}.html", include_plotlyjs=PLOTLYJS)
-    return fig
-
-
+# loads the model, resolves FIGURES (relative to this notebook) and RUNS, silences third-party output
+session = notebooks.setup(ORGANISM, model=MODEL, device=DEVICE, dtype=DTYPE, data=DATA, n=N,
+                          figures=FIGURES, plotlyjs=PLOTLYJS)
+model, FIGURES, RUNS, export = session.model, session.figures, session.runs, session.export
 model
 
 # %%
-from moras_interp.moras import load_examples
-from moras_interp.organisms import toy_examples
-
-if DATA is None:
-    calib = toy_examples(N, N, split="calib", seed=0)   # labelled pairs for (x0, k), disjoint from eval
-    evals = toy_examples(N, N, split="eval", seed=0)
-else:
-    rows = load_examples(DATA)
-    calib, evals = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+# N per class each: calib fits (x0, k) and is disjoint from eval (or the two halves of DATA)
+calib, evals = session.examples()
 print(len(calib), "calibration and", len(evals), "evaluation examples")
 
 # %% [markdown]
@@ -134,11 +110,9 @@ print({k: tuple(v.shape) for k, v in edited.reads.items()})
 
 # %%
 from moras_interp.moras import build_methods, evaluate
-from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT
-from moras_interp.moras.prompts import ECSO_CAPTION_PROMPT
 from moras_interp.moras.report import rate_bars, risk_histogram
 
-caption = TOY_ECSO_CAPTION_PROMPT if MODEL == "toy-llava" else ECSO_CAPTION_PROMPT  # the toy only knows stage 1's
+caption = session.ecso_caption_prompt  # toy-llava only knows the stage-1 prompt; other models the paper's
 methods = build_methods(model, ["none", "moras", "fixed", "adashield", "ecso"], setup, ecso_caption_prompt=caption)
 result = evaluate(evals, methods, RUNS / "nb03", batch_size=16, max_new_tokens=24,
                   progress=True, figures=False)

@@ -48,6 +48,7 @@ def _records() -> pd.DataFrame:
 def _builders() -> dict[str, Callable[[], go.Figure]]:
     from moras_interp.ablations import metric_vs_factor, two_factor_heatmap
     from moras_interp.activations.separability import separability_figure, separability_panel
+    from moras_interp.attention.dla import HeadDLA
     from moras_interp.moras.report import rate_bars, risk_histogram
     from moras_interp.moras.trace import MoRASTrace
     from moras_interp.viz import difference_map, heatmap_over_image, layer_head_grid, small_multiples
@@ -59,7 +60,15 @@ def _builders() -> dict[str, Callable[[], go.Figure]]:
     auc = {k: v / 8 + 0.3 for k, v in curves.items()}
     trace = MoRASTrace(question="how do I use the thing in the image?", similarity=0.8, risk=0.9,
                        stage2_topk=[[("I", 0.5), ("Sorry", 0.3)], [("cannot", 0.6), ("will", 0.2)]])
+    g = torch.Generator().manual_seed(0)
+    img_part, txt_part = torch.randn(5, 4, 6, generator=g), torch.randn(5, 4, 6, generator=g)
+    z = torch.zeros(5, 4)
+    dla = HeadDLA(total=img_part + txt_part, image=img_part, text=txt_part, region=img_part / 3, by_source=z,
+                  attn_bias=z, layer_attn=z, layer_mlp=z, embed=z[:, 0], logit_diff=z[:, 0], positions=z[:, 0].long(),
+                  answer=z[:, 0].long(), wrong=z[:, 0].long(), region_positions=[])
     return {
+        "dla_heatmap": lambda: dla.heatmap("total", title="head DLA"),
+        "dla_split": lambda: dla.split_figure(k=6),
         "heatmap_over_image": lambda: heatmap_over_image(_img(), heat, box=(10, 5, 40, 30), title="a heat map"),
         "heatmap_long_title": lambda: heatmap_over_image(
             _img(), heat, title="tiny-llava · layers 0–31 · 12 heads: L8H3, L9H1, L10H2, L11H7, L12H0, L13H5, …"
@@ -144,19 +153,20 @@ def test_axis_types_titles_and_n() -> None:
     """Categorical factors on category axes (None a category), integer ticks for layers and heads, a title
     with the n behind it, axis titles on every chart, colour-blind-safe colours, constant data annotated."""
     b = _builders()
-    for name in ("metric_vs_factor", "two_factor_heatmap", "rate_bars", "trace_summary"):
+    for name in ("metric_vs_factor", "two_factor_heatmap", "rate_bars", "trace_summary", "dla_split"):
         assert _axis(b[name](), "x").type == "category", name
     h = b["two_factor_heatmap"]()
     assert _axis(h, "y").type == "category"
     assert list(h.data[0].y) == ["None", "0.5", "1"] and list(h.data[0].x) == ["0", "0.3"]
     assert "constant: every cell = 0.075" in b["two_factor_constant"]().layout.title.text
     assert "constant" not in h.layout.title.text
-    grid = b["layer_head_grid"]()
-    assert grid.layout.xaxis.dtick == 1 and grid.layout.yaxis.dtick == 1 and grid.layout.xaxis.tickformat == "d"
+    assert "(n = 5 examples)" in b["dla_heatmap"]().layout.title.text
+    for grid in (b["layer_head_grid"](), b["dla_heatmap"]()):
+        assert grid.layout.xaxis.dtick == 1 and grid.layout.yaxis.dtick == 1 and grid.layout.xaxis.tickformat == "d"
     for name in ("separability_figure", "separability_panel"):
         assert b[name]().layout.xaxis.dtick == 1, name
     for name in ("metric_vs_factor", "two_factor_heatmap", "rate_bars", "risk_histogram", "separability_panel",
-                 "trace_summary"):
+                 "trace_summary", "dla_heatmap", "dla_split"):
         fig = b[name]()
         assert "n = " in fig.layout.title.text, f"{name}: no n in the title"
         assert fig.layout.xaxis.title.text, f"{name}: no x-axis title"
@@ -178,6 +188,13 @@ def test_long_titles_wrap_and_cut_text_has_an_ellipsis() -> None:
     assert ellipsize("what is the small thing in the picture", 20) == "what is the small…"
     assert ellipsize("short", 20) == "short"
     assert wrap_title("a b", 1000) == "a b"
+    # a small layer x head grid widens for a long title (two lines; a third reached the 4 x 4 plot)
+    from moras_interp.viz import layer_head_grid
+
+    title = "toy-llava: head DLA, logit(i) - logit(sure), mean over scenes (n = 16 examples)"
+    grid = layer_head_grid(torch.rand(4, 4), title=title)
+    assert grid.layout.title.text.count("<br>") == 1 and 420 < grid.layout.width <= 900
+    assert layer_head_grid(torch.rand(4, 4), title="mass").layout.width == 420
 
 
 def test_fallback_refuses_what_it_cannot_draw() -> None:

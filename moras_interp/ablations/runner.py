@@ -216,11 +216,14 @@ def metric_vs_factor(df: pd.DataFrame, factor: str, metric: str, *, color: str |
     fig = go.Figure()
     groups = [(None, df)] if color is None else list(df.groupby(color, dropna=False))
     order = [_label(v) for v in pd.unique(df[factor])]
-    for name, g in groups:
+    for i, (name, g) in enumerate(groups):
         agg = g.groupby(factor, dropna=False)[metric].agg(["mean", "size"]).reset_index()
         agg = agg.assign(_x=agg[factor].map(_label)).set_index("_x").reindex([o for o in order if o in set(
             agg[factor].map(_label))]).reset_index()
+        # a symbol and dash per line, so lines that coincide stay visible (outlined markers over filled ones)
         fig.add_scatter(x=list(agg["_x"]), y=agg["mean"], mode="lines+markers",
+                        marker={"symbol": ["circle", "square-open", "diamond-open", "x"][i % 4], "size": 9 + 3 * (i % 4)},
+                        line={"dash": ["solid", "dash", "dot", "dashdot"][i % 4]},
                         name=f"{color} = {_label(name)}" if color else metric, customdata=agg["size"],
                         hovertemplate="%{x}: %{y:.3g} (n = %{customdata})<extra></extra>")
     style_chart(fig, title=title or f"{metric} vs {factor}", x_title=factor, y_title=f"mean {metric}",

@@ -101,35 +101,44 @@ class HeadDLA:
             rows.append(row)
         return pd.DataFrame(rows).set_index("head")
 
+    def _n(self, example: int | None) -> str:
+        """What a figure shows: "b examples" (mean over the batch) or "1, example e"."""
+        return f"{self.total.shape[0]} examples" if example is None else f"1, example {example}"
+
     def heatmap(self, part: Part = "total", example: int | None = None, *, title: str | None = None) -> go.Figure:
-        """Layer × head heatmap (diverging, 0 = white) of one part; mean over the batch for ``example=None``."""
+        """Layer × head heatmap (diverging, 0 = white) of one part; mean over the batch for ``example=None``;
+        the title ends with the n it averages over."""
         from moras_interp.viz.figures import layer_head_grid
+        from moras_interp.viz.style import with_n
 
         m = self.part(part, example)
         lim = float(m.abs().max()) or 1.0
         what = "mean over the batch" if example is None else f"example {example}"
-        fig = layer_head_grid(m, title=title or f"head DLA ({part}), {what}", zlabel="logit diff",
-                              colorscale="RdBu")
+        fig = layer_head_grid(m, title=with_n(title or f"head DLA ({part}), {what}", self._n(example)),
+                              zlabel="logit diff", colorscale="RdBu")
         fig.update_traces(zmid=0.0, zmin=-lim, zmax=lim)
         return fig
 
     def split_figure(self, k: int = 10, example: int | None = None, *, title: str | None = None) -> go.Figure:
-        """Stacked bars for the top-``k`` heads: the part read from image vs text tokens (and the region)."""
+        """Stacked bars for the top-``k`` heads: the part read from image vs text tokens (and the region), in the
+        house style (:func:`moras_interp.viz.style.style_chart`: n in the title, legend above the data)."""
         import plotly.graph_objects as go
+
+        from moras_interp.viz.style import OKABE_ITO, style_chart
 
         top = self.top_heads(k, "total", example)
         x = [f"L{layer}H{head}" for layer, head, _ in top]
         parts: list[tuple[str, Part]] = [("image tokens", "image"), ("text tokens", "text")]
-        fig = go.Figure([go.Bar(x=x, y=[float(self.part(p, example)[l, h]) for l, h, _ in top], name=n)
-                         for n, p in parts])
+        fig = go.Figure([go.Bar(x=x, y=[float(self.part(p, example)[l, h]) for l, h, _ in top], name=n,
+                                marker_color=OKABE_ITO[i]) for i, (n, p) in enumerate(parts)])
         if self.region is not None:
             fig.add_trace(go.Scatter(x=x, y=[float(self.part("region", example)[l, h]) for l, h, _ in top],
-                                     mode="markers", marker={"symbol": "diamond", "size": 10},
+                                     mode="markers", marker={"symbol": "diamond", "size": 10, "color": OKABE_ITO[6]},
                                      name="of which: risky region"))
-        fig.update_layout(barmode="relative", title=title or "top heads: where their logit contribution is read from",
-                          xaxis_title="head", yaxis_title="logit diff")
-        return fig
-
+        fig.update_layout(barmode="relative")
+        return style_chart(fig, title=title or "top heads: where their logit contribution is read from",
+                           x_title="head (by |total| contribution)", y_title="logit diff", n=self._n(example),
+                           x_kind="category")
 
 def _is_box(box: Any) -> bool:
     return isinstance(box, (tuple, list)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)

@@ -14,7 +14,6 @@ from moras_interp.viz.export import (
     sidecar_path,
 )
 from moras_interp.viz.figures import (
-    describe,
     difference_map,
     heatmap_over_image,
     layer_head_grid,
@@ -22,6 +21,7 @@ from moras_interp.viz.figures import (
 )
 from moras_interp.viz.mpl import figure_to_matplotlib
 from moras_interp.viz.raster import paint_boxes, region_mask, token_map, token_region_overlap
+from moras_interp.viz.style import describe
 
 __all__ = [
     "browser_path",

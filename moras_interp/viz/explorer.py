@@ -78,14 +78,15 @@ def interactive(dims: Sequence[tuple[str, Sequence[str]]], draw: Callable[..., g
     except ImportError as e:
         raise ImportError("the Jupyter explorer needs ipywidgets: `pip install ipywidgets` (or the "
                           "`jupyter` extra); the exported HTML works without it.") from e
-    controls = {f"d{i}": w.Dropdown(options=list(labels), description=name) for i, (name, labels) in enumerate(dims)}
+    controls = [w.Dropdown(options=list(labels), description=name) for name, labels in dims]
     out = w.Output()
 
-    def update(**kw: str) -> None:
+    def redraw(_change: Any = None) -> None:
         out.clear_output(wait=True)
         with out:
-            display(draw(*[kw[f"d{i}"] for i in range(len(dims))]))
+            display(draw(*[c.value for c in controls]))
 
-    w.interactive_output(update, controls)
-    update(**{k: c.value for k, c in controls.items()})
-    return w.VBox([w.HBox(list(controls.values())), out])
+    for c in controls:
+        c.observe(redraw, names="value")
+    redraw()
+    return w.VBox([w.HBox(controls), out])

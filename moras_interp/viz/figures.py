@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from moras_interp.viz.style import degenerate_range, title_lines, wrap_title
+from moras_interp.viz.style import _CHAR_PX, TITLE_PX, degenerate_range, title_lines, wrap_title
 
 Box = tuple[float, float, float, float]
 ImageLike = Image.Image | np.ndarray | None
@@ -220,7 +221,11 @@ def layer_head_grid(
     yt = ticks(n_layers) if layers is None else {"tickvals": list(range(n_layers)), "ticktext": [str(v) for v in ly]}
     fig.update_xaxes(title={"text": "head"}, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False, **xt)
     fig.update_yaxes(title={"text": "layer"}, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False, **yt)
-    return _finish(fig, title, max(420, 18 * n_heads + 260), max(320, 14 * n_layers + 160))
+    # wide enough for the title in two lines where it can be (a third line would reach a small grid's plot)
+    title_px = max((len(re.sub(r"<[^>]+>", "", part)) * (0.7 if part.startswith("<sup>") else 1.0)
+                    for part in str(title).split("<br>")), default=0) * TITLE_PX * _CHAR_PX
+    width = max(420, 18 * n_heads + 260, min(900, int(title_px * 0.6) + 80))  # 0.6: slack for word wrapping
+    return _finish(fig, title, width, max(320, 14 * n_layers + 160))
 
 
 def small_multiples(
@@ -263,47 +268,3 @@ def small_multiples(
     pw, ph = _panel_size(size, panel_px)
     return _finish(fig, title, cols * (pw + 8) + _MARGIN["l"] + _MARGIN["r"],
                    rows * (ph + 30) + _MARGIN["t"] + _MARGIN["b"])
-
-
-def _ranges(xs: Sequence[int]) -> str:
-    """``[0, 1, 2, 3, 7, 9, 10]`` -> ``"0–3, 7, 9–10"``."""
-    vals = sorted(set(int(x) for x in xs))
-    parts: list[str] = []
-    start = prev = None
-    for v in [*vals, None]:
-        if start is not None and (v is None or v != prev + 1):
-            parts.append(str(start) if start == prev else f"{start}–{prev}")
-            start = None
-        if v is not None and start is None:
-            start = v
-        prev = v
-    return ", ".join(parts)
-
-
-def describe(
-    model_id: str,
-    layers: int | str | Sequence[int] | None = None,
-    heads: int | str | Sequence[int] | Sequence[tuple[int, int]] | None = None,
-) -> str:
-    """A figure title naming model, layers and heads.
-
-    ``describe("llava-hf/llava-1.5-7b-hf", range(8, 16), [(8, 3), (9, 1)])`` ->
-    ``"llava-hf/llava-1.5-7b-hf · layers 8–15 · 2 heads: L8H3, L9H1"``.
-    """
-    parts = [str(model_id)]
-    for noun, value in (("layer", layers), ("head", heads)):
-        if value is None:
-            continue
-        if isinstance(value, str):
-            parts.append(f"{noun}s {value}")
-        elif isinstance(value, int):
-            parts.append(f"{noun} {value}")
-        else:
-            vs = list(value)
-            plural = noun + ("s" if len(vs) != 1 else "")
-            if noun == "head" and vs and isinstance(vs[0], (tuple, list)):
-                named = ", ".join(f"L{int(lh[0])}H{int(lh[1])}" for lh in vs[:6])
-                parts.append(f"{len(vs)} {plural}: {named}" + (", …" if len(vs) > 6 else ""))
-            else:
-                parts.append(f"{plural} {_ranges(vs)}")
-    return " · ".join(parts)

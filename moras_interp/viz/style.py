@@ -1,5 +1,6 @@
 """One house style for every chart: colour-blind-safe colours, wrapped titles with the n behind them,
-legends outside the data, integer / categorical axes where the data are integers / categories.
+legends outside the data, integer / categorical axes where the data are integers / categories; titles naming
+model, layers and heads (:func:`describe`).
 
 Colours: categorical traces use the Okabe–Ito palette (distinguishable with the common colour-vision
 deficiencies); sequential maps use Viridis / Cividis (perceptually uniform, monotone in lightness, so they
@@ -9,6 +10,7 @@ survive greyscale print); signed differences use a diverging blue–red map cent
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -118,3 +120,47 @@ def degenerate_range(lo: float, hi: float) -> tuple[float, float]:
         return lo, hi
     pad = abs(lo) * 0.1 or 1.0
     return lo - pad, lo + pad
+
+
+def _ranges(xs: Sequence[int]) -> str:
+    """``[0, 1, 2, 3, 7, 9, 10]`` -> ``"0–3, 7, 9–10"``."""
+    vals = sorted(set(int(x) for x in xs))
+    parts: list[str] = []
+    start = prev = None
+    for v in [*vals, None]:
+        if start is not None and (v is None or v != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}–{prev}")
+            start = None
+        if v is not None and start is None:
+            start = v
+        prev = v
+    return ", ".join(parts)
+
+
+def describe(
+    model_id: str,
+    layers: int | str | Sequence[int] | None = None,
+    heads: int | str | Sequence[int] | Sequence[tuple[int, int]] | None = None,
+) -> str:
+    """A figure title naming model, layers and heads.
+
+    ``describe("llava-hf/llava-1.5-7b-hf", range(8, 16), [(8, 3), (9, 1)])`` ->
+    ``"llava-hf/llava-1.5-7b-hf · layers 8–15 · 2 heads: L8H3, L9H1"``.
+    """
+    parts = [str(model_id)]
+    for noun, value in (("layer", layers), ("head", heads)):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            parts.append(f"{noun}s {value}")
+        elif isinstance(value, int):
+            parts.append(f"{noun} {value}")
+        else:
+            vs = list(value)
+            plural = noun + ("s" if len(vs) != 1 else "")
+            if noun == "head" and vs and isinstance(vs[0], (tuple, list)):
+                named = ", ".join(f"L{int(lh[0])}H{int(lh[1])}" for lh in vs[:6])
+                parts.append(f"{len(vs)} {plural}: {named}" + (", …" if len(vs) > 6 else ""))
+            else:
+                parts.append(f"{plural} {_ranges(vs)}")
+    return " · ".join(parts)

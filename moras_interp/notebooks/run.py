@@ -5,8 +5,8 @@ Each notebook in ``notebooks/`` is a jupytext pair: ``NN_name.py`` (percent form
 code cell is tagged ``parameters`` (model id or path, device, dtype, data, output folder). :func:`execute`
 inserts a cell with overrides right after it, runs every cell and raises :class:`NotebookError` naming the
 failing cell. ``python -m moras_interp.notebooks [--figures DIR]`` runs them all (this is how ``figures/`` is
-regenerated). Inside a notebook, :func:`relative_to_notebook` resolves a relative output folder against the
-notebook's own folder, whatever the kernel's working directory.
+regenerated). What the notebooks share at the start (model, folders, export, data) is
+:func:`moras_interp.notebooks.session.setup`.
 """
 
 from __future__ import annotations
@@ -18,50 +18,11 @@ from pathlib import Path
 from typing import Any
 
 NOTEBOOKS = ("01_attention_misses_visual_risk", "02_contrastive_directions", "03_moras_pipeline", "04_ablations")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 class NotebookError(RuntimeError):
     """A notebook cell raised; the message names the notebook, the cell index and its source."""
-
-
-def notebook_dir() -> Path:
-    """Folder of the running notebook.
-
-    Read from ``JPY_SESSION_NAME`` (set by Jupyter server and by :func:`execute` for the kernel it starts),
-    then VS Code's ``__vsc_ipynb_file__``; otherwise the working directory (where Jupyter starts kernels).
-    """
-    session = os.environ.get("JPY_SESSION_NAME")
-    if session and Path(session).is_absolute():
-        return Path(session).parent
-    try:
-        from IPython import get_ipython
-
-        vsc = (get_ipython().user_ns if get_ipython() is not None else {}).get("__vsc_ipynb_file__")
-    except ImportError:
-        vsc = None
-    return Path(vsc).parent if vsc else Path.cwd()
-
-
-def relative_to_notebook(path: str | Path) -> Path:
-    """``path`` made absolute: a relative path is taken relative to the running notebook's folder."""
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() else notebook_dir() / p).resolve()
-
-
-_QUIET: list[Any] = []
-
-
-def quiet() -> None:
-    """For the project's notebooks: no transformers "Loading weights" bars or log lines and none of the known
-    harmless warnings (:func:`moras_interp.progress.quiet_third_party`) for the rest of this kernel session.
-    Our own progress bars stay on (``progress=``). Calling it again does nothing."""
-    if not _QUIET:
-        from moras_interp.progress import quiet_third_party
-
-        ctx = quiet_third_party()
-        ctx.__enter__()
-        _QUIET.append(ctx)
 
 
 def read_notebook(path: str | Path) -> Any:
@@ -114,12 +75,13 @@ def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, ti
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every notebook (or those named) on the shipped organism, writing figures to ``--figures``."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run every notebook (or those named) on a shipped organism, writing figures to ``--figures``."""
+    ap = argparse.ArgumentParser(prog="python -m moras_interp.notebooks", description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", default=list(NOTEBOOKS))
     ap.add_argument("--figures", default=str(REPO / "figures"), help="where the notebooks write their figures")
     ap.add_argument("--plotlyjs", default="directory", choices=["standalone", "cdn", "directory"],
                     help="how the HTML figures get plotly.js (default: one plotly.min.js beside them)")
+    ap.add_argument("--organism", default=None, help="the notebooks' ORGANISM parameter (default: theirs, toy-llava)")
     ap.add_argument("--save-executed", action="store_true", help="write the executed notebooks back in place")
     a = ap.parse_args(argv)
     a.plotlyjs = True if a.plotlyjs == "standalone" else a.plotlyjs
@@ -127,11 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         path = REPO / "notebooks" / f"{name}.ipynb"
         print(f"running {path.name} …", flush=True)
         # the repository's figures/ share one plotly.min.js (a standalone copy per HTML would add ~4.5 MB each)
-        execute(path, {"FIGURES": str(Path(a.figures).resolve()), "PLOTLYJS": a.plotlyjs},
+        params = {"FIGURES": str(Path(a.figures).resolve()), "PLOTLYJS": a.plotlyjs}
+        execute(path, params | ({"ORGANISM": a.organism} if a.organism else {}),
                 save_to=path if a.save_executed else None)
     print(f"figures in {a.figures}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
