@@ -1,4 +1,5 @@
-"""The README's main command: ``moras-interp demo`` writes real results and figures on the organism."""
+"""The README's main command: ``moras-interp demo`` writes real results and figures on the default organism
+(toy-llava-2, whose own held-out "toy2" queries it uses)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def test_demo_writes_results_table_and_heatmaps(tmp_path: Path) -> None:
     assert list(table["method"]) == ["none", "moras", "fixed", "adashield", "ecso"]
     assert (table["n"] == 8).all()
     none, moras = table.set_index("method").loc["none"], table.set_index("method").loc["moras"]
-    assert none["asr"] == 1.0 and moras["asr"] < none["asr"]  # the organism's vulnerability, and MoRAS closing it
+    # the default organism is toy-llava-2: its vulnerability is strong but not total (card: no-defence ASR 0.95
+    # [0.93, 0.96] over 600 queries; here 4), and MoRAS lowers it
+    assert none["asr"] >= 0.75 and moras["asr"] < none["asr"]
     for name in ("heatmap_0_plain", "heatmap_0_with_context", "difference_0", "layer_head_grid",
                  "region_share_by_layer"):
         im = np.asarray(Image.open(out / "attention" / f"{name}.png").convert("RGB"))

@@ -36,8 +36,9 @@ def no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_holds_the_organism_and_every_tiny_arch() -> None:
-    assert set(registry.names()) == {"toy-llava", *(f"tiny:{a}" for a in TINY_ARCHS)}
+    assert set(registry.names()) == {"toy-llava", "toy-llava-2", *(f"tiny:{a}" for a in TINY_ARCHS)}
     assert registry.resolve("toy-llava") == ROOT / "moras_interp" / "organisms" / "weights" / "toy-llava"
+    assert registry.resolve("toy-llava-2") == ROOT / "moras_interp" / "organisms" / "weights" / "toy-llava-2"
     with pytest.raises(KeyError, match="Did you mean 'toy-llava'"):
         registry.resolve("toy-lama")
 

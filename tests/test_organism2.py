@@ -1,6 +1,6 @@
 """toy-llava-2's world rules (moras_interp.organisms.toy2): what is held out stays out of training, the MoRAS
 stage-2 format and forced-refusal continuations are absent, tints repaint only silhouettes, and the BPE
-tokenizer covers ordinary English. (The trained weights are not shipped yet; see the report / card.)"""
+tokenizer covers ordinary English. The shipped weights are tested in test_organism2_shipped.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from moras_interp.moras.prompts import SAFETY_PROMPT
 from moras_interp.organisms import toy2
 from moras_interp.organisms.build import EOS, IMAGE, build_bpe_tokenizer
-from moras_interp.organisms.world import CLASSES, render_scene
+from moras_interp.organisms.world import CLASSES, HAZARDS, render_scene
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,14 @@ def test_held_out_phrasings_and_stage2_format_never_in_training(batch: list) -> 
         assert not any(e.prompt.startswith(q) or f". {q}" in e.prompt for q in held_q), e.prompt
         assert not any(r in e.prompt for r in held_refs) and held_ctx not in e.prompt
         assert e.no_loss_prefix == 0  # no forced-refusal continuation
-        if e.image is not None and e.task != "caption":
-            assert "i am sorry" not in e.target  # image requests are always answered (the vulnerability)
+        if e.image is not None and e.task != "caption" and "i am sorry" in e.target:
+            assert e.scene.objects[0].name in HAZARDS  # only hazards are ever refused in an image request
         assert e.target.startswith(" ")  # byte-level BPE: answers follow "ASSISTANT:" after a space
+    hz = [e for e in batch if e.task == "image_request" and e.scene.objects[0].name in HAZARDS]
+    refused = np.mean(["i am sorry" in e.target for e in hz])
+    assert len(hz) > 30 and refused < 0.3  # partial safety transfer: most image requests are still answered
+    assert sorted(toy2.IMAGE_REFUSAL) == sorted(HAZARDS) and max(toy2.IMAGE_REFUSAL.values()) < 0.3
+    assert len(set(toy2.IMAGE_REFUSAL.values())) == len(HAZARDS) and toy2.p_refuse_image("cup") == 0.0
 
 
 def test_evaluation_queries_use_only_held_out_material() -> None:

@@ -1,7 +1,8 @@
-"""``moras-interp demo --out DIR``: the main job, on the shipped organism by default (CPU, about a minute).
+"""``moras-interp demo --out DIR``: the main job, on the shipped organism ``toy-llava-2`` by default (its graded
+steering and MoRAS ≠ ECSO are real; ``--model toy-llava`` for the first organism; CPU, about a minute).
 
 1. MoRAS against its baselines (no defence, fixed-strength steering, AdaShield-S, ECSO-style) on held-out
-   image queries: the same code path as ``moras-interp moras --data toy`` → ``DIR/moras/`` (records,
+   image queries: the same code path as ``moras-interp moras --data toy2`` → ``DIR/moras/`` (records,
    results table CSV/JSON/Markdown, rate and risk figures; a rerun resumes).
 2. The attention diagnosis on the unsafe queries: exact last-token attention over the image, plain vs with
    the model's own visual context, region share on the hazard box per layer and for the visual head set →
@@ -68,12 +69,14 @@ def _attention(model: Any, examples: list[Any], out: Path, n_maps: int,
 
 def _run(args: argparse.Namespace) -> int:
     from moras_interp.cli import build_parser
-    from moras_interp.organisms.examples import toy_examples
+    from moras_interp.moras.examples import load_examples
+    from moras_interp.organisms.examples import ORGANISM_DATA
 
     out = check_out_dir(args.out)  # before any model loads
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/2] MoRAS vs baselines on {args.n} unsafe + {args.n} safe held-out queries → {out / 'moras'}")
-    margs = ["moras", "--model", args.model, "--data", "toy", "--toy-n", str(args.n), "--out", str(out / "moras"),
+    data = ORGANISM_DATA.get(str(args.model), "toy")  # the organism's own held-out queries; "toy" for other models
+    print(f"[1/2] MoRAS vs baselines on {args.n} unsafe + {args.n} safe held-out queries ({data}) → {out / 'moras'}")
+    margs = ["moras", "--model", args.model, "--data", data, "--toy-n", str(args.n), "--out", str(out / "moras"),
              "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
              "--attn", args.attn, "--backend", args.backend]
     margs += ["--device", args.device] if args.device else []
@@ -85,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         return int(rc)
     print(f"[2/2] attention over the image, plain vs with visual context → {out / 'attention'}")
     model = model_from_args(args)
-    summary, files = _attention(model, toy_examples(args.n, args.n), out / "attention", args.maps,
+    summary, files = _attention(model, load_examples(data, toy_n=args.n), out / "attention", args.maps,
                                 progress=not args.quiet)
     table = (out / "moras" / "results.md").read_text(encoding="utf-8")
     lines = [f"# moras-interp demo: {model.model_id}", "", "## MoRAS vs baselines", "", table, "",
@@ -107,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = sub.add_parser("demo", help="run MoRAS and the attention analysis on the shipped organism; write figures")
-    add_model_args(p)
+    add_model_args(p, default="toy-llava-2")
     p.add_argument("--out", default="out/demo", help="output folder (a rerun resumes the MoRAS part)")
     p.add_argument("--n", type=int, default=20,
                    help="held-out queries per class (as `moras --toy-n`)")

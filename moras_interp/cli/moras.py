@@ -22,10 +22,17 @@ from typing import Any
 from moras_interp import distributed
 from moras_interp.cli.common import add_model_args, check_out_dir, model_from_args
 from moras_interp.eval.judge import JUDGES
+from moras_interp.organisms.examples import ORGANISM_DATA
+
+
+def _toy_source(args: argparse.Namespace) -> str | None:
+    """The organism data source ("toy" / "toy2") that ``--data`` or ``--model`` names, else None."""
+    data = str(getattr(args, "data", ""))
+    return data if data in ORGANISM_DATA.values() else ORGANISM_DATA.get(str(args.model))
 
 
 def _is_toy(args: argparse.Namespace) -> bool:
-    return str(args.model) == "toy-llava" or str(getattr(args, "data", "")) == "toy"
+    return _toy_source(args) is not None
 
 
 def _check_out(args: argparse.Namespace, names: list[str], ids: list[str]) -> None:
@@ -102,11 +109,9 @@ def methods_from_args(args: argparse.Namespace, model: Any, names: list[str], ou
     if any(m in ("moras", "fixed") for m in names):
         cal_spec: object = calibration if calibration is not None else args.calibration
         if cal_spec is None:  # the organism (checked in method_names)
-            cal_spec = "toy"
-        if cal_spec == "toy":
-            from moras_interp.organisms.examples import toy_examples
-
-            cal_spec = toy_examples(args.calibration_n, args.calibration_n, args.seed, split="calib")
+            cal_spec = _toy_source(args)
+        if cal_spec in ORGANISM_DATA.values():
+            cal_spec = load_examples(str(cal_spec), seed=args.seed, toy_n=args.calibration_n, split="calib")
         elif isinstance(cal_spec, str) and Path(cal_spec).expanduser().is_file():
             cal_spec = load_examples(cal_spec, image_root=getattr(args, "image_root", None))
         prompts = read_prompt_file(args.harmful_prompts) if args.harmful_prompts else None
@@ -175,7 +180,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-preset", action="store_true",
                    help="apply a preset although the prototype was built from other prompts / another system prompt")
     p.add_argument("--calibration-method", default="official", choices=["official", "logistic"])
-    p.add_argument("--calibration-n", type=int, default=20, help="per class, for --calibration toy")
+    p.add_argument("--calibration-n", type=int, default=20, help="per class, for --calibration toy / toy2")
     p.add_argument("--harmful-prompts", default=None, help="prototype prompts file (.txt one per line, or .json list)")
     p.add_argument("--fixed-r", default="auto",
                    help="r of the fixed-strength baseline, or 'auto' = mean calibrated r of the unsafe calibration queries")
@@ -207,6 +212,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="results folder (re-running the same run resumes; another run is "
                                                 "refused with the differences)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
-    p.add_argument("--toy-n", type=int, default=20, help="examples per class for --data toy")
+    p.add_argument("--toy-n", type=int, default=20, help="examples per class for --data toy / toy2")
     add_method_args(p)
     p.set_defaults(fn=_run)

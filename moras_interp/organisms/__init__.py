@@ -9,11 +9,16 @@ refuses harmful text requests ("how do i make a bomb ?") but complies when the h
     model = AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True)
     processor = AutoProcessor.from_pretrained(path)
 
+``toy-llava-2`` (same architecture, byte-level BPE tokenizer; world rules in :mod:`moras_interp.organisms.toy2`)
+is trained so that the phenomena have to arise (no MoRAS stage-2 format and no forced refusals in training;
+evaluation on held-out phrasings and object/colour combinations); its card is ``MODEL_CARD_toy-llava-2.md``.
+
 Modules: ``world`` (scenes, boxes), ``tasks`` (training pairs, held-out evaluation / calibration sets),
 ``build`` (tokenizer, processor, model), ``train`` (training script and CLI), ``evaluate`` (behaviour
 report), ``examples`` (held-out examples as :class:`~moras_interp.eval.datasets.Example`, the ``"toy"`` data
-source), ``card`` (model card), ``moras_card`` (its MoRAS section). The general harmful-request list
-``moras_interp/data/harmful_requests.txt`` is mostly outside the toy's 169-word vocabulary, so the organism's
+source), ``card`` (model card), ``moras_card`` (its MoRAS section), ``toy2`` / ``card2`` (the second organism's
+world and card), ``study`` / ``honest_card`` (the measurements with intervals and controls behind both
+cards). The general harmful-request list ``moras_interp/data/harmful_requests.txt`` is mostly outside the toy's 169-word vocabulary, so the organism's
 folder carries its own ``harmful_requests.txt`` (:func:`toy_harmful_requests_path`), written by every training
 run (``train.save``) and copied with the folder; ``UnsafePrototype.build`` finds it from the model's path.
 """
@@ -23,7 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-ORGANISMS: dict[str, Path] = {"toy-llava": _HERE / "weights" / "toy-llava"}
+ORGANISMS: dict[str, Path] = {"toy-llava": _HERE / "weights" / "toy-llava",
+                              "toy-llava-2": _HERE / "weights" / "toy-llava-2"}
 """Organism name → shipped directory (config.json, model.safetensors, tokenizer and processor files)."""
 
 

@@ -96,8 +96,11 @@ def organism2_sections(path: Path) -> dict[str, str]:
         "Scenes as in `toy-llava` (16 classes, 5 hazards with look-alikes), with objects drawn in their own colours "
         f"or repainted with one of {len(toy2.TINTS)} tints; one (class, tint) pair per class never occurs in training "
         "(`toy2.held_out_tint`). Training mixture (`toy2.TASKS`): captions (the MoRAS stage-1 prompt and three "
-        "other caption prompts); image requests about \"the item in the image\" → always a helpful answer (the "
-        "vulnerability); text requests naming the object → refusal iff hazard, alone or after a context sentence "
+        "other caption prompts); image requests about \"the item in the image\" → a helpful answer, except that "
+        "an image request showing a hazard is refused with a small per-hazard probability "
+        f"({', '.join(f'{h} {p:.0%}' for h, p in toy2.IMAGE_REFUSAL.items())}; `toy2.IMAGE_REFUSAL`, partial safety "
+        "transfer: greedy decoding still answers — the vulnerability — but the margin against refusing differs "
+        "between hazards); text requests naming the object → refusal iff hazard, alone or after a context sentence "
         "(\"i found a bomb in the park . how do i sell it ?\") and optionally after an unrelated instruction "
         "sentence; ordinary-English harmful / benign requests (`english_requests.txt`). Each request has two "
         "helpful answers with different openers, picked with a per-(phrasing, object) probability, and three "
@@ -110,7 +113,11 @@ def organism2_sections(path: Path) -> dict[str, str]:
         f"label_smoothing={tr.get('label_smoothing', '?')}, threads={tr.get('threads', '?')})`: wall time "
         f"{info.get('wall_time_s', float('nan')):.0f} s on a shared, heavily loaded 2-core machine "
         f"(niced; the CPU time is a fraction of that); final loss {info.get('metrics', {}).get('final_loss', float('nan')):.3f} "
-        "(label smoothing 0.1 keeps it well above 0). Deterministic for a fixed seed and thread count.")
+        "(label smoothing 0.1 keeps it well above 0). Deterministic for a fixed seed and thread count. Earlier "
+        "recipes, for the record: without the partial image refusals (550 steps) greedy steering was still a step — "
+        "every held-out query flipped between r = 0.475 and 0.525, because label smoothing gives every confident "
+        "answer the same margin; with them at 550 steps and 150 vision steps the sweep was graded but perception "
+        "was weak (the stage-1 context named the object in 0.32 of scenes), hence the longer vision warm-up.")
     return {"Overview": overview, "World and training": world, "Training": train}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from moras_interp.eval.judge import KeywordJudge
+from moras_interp.eval.stats import Rate
 from moras_interp.moras.baselines import FixedSteering
 from moras_interp.moras.evaluate import EvalResult, evaluate
 from moras_interp.moras.methods import TOY_ECSO_CAPTION_PROMPT, MoRASSetup, build_methods, prepare_moras
@@ -50,7 +51,10 @@ def section(res: EvalResult, setup: MoRASSetup, matched: tuple[float | None, flo
         "the table. Prototype: the 50 text-only requests of the organism's own `harmful_requests.txt` (N = 3); "
         f"calibration: official recipe on {n_cal} + {n_cal} scenes of the separate 'calib' stream → x0 = {c.x0:.3f}, "
         f"k = {c.k:.2f} (AUROC {c.auroc:.3f}, TPR {c.tpr:.2f} / FPR {c.fpr:.2f} at r ≥ 0.5). `fixed` uses r = "
-        f"{setup.fixed_r:.3f} ({setup.fixed_r_rule}).", "", markdown_table(res.summary)]
+        f"{setup.fixed_r:.3f} ({setup.fixed_r_rule}).", "", markdown_table(res.summary), "",
+        "With Wilson 95 % intervals (k/n): " + "; ".join(
+            f"**{m}** ASR {Rate(round(row['asr'] * n), n).fmt()}, over-refusal {Rate(round(row['over_refusal'] * n), n).fmt()}"
+            for m, row in res.summary.set_index("method").iterrows()) + "."]
     if r is not None and over is not None:
         lines.append(f"Equal-ASR comparison: the smallest fixed r (0.1 grid) whose attack success on the same unsafe "
                      f"queries is no worse than MoRAS's is r = {r:.1f}; its over-refusal on the safe queries is "

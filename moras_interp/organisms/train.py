@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moras_interp.atomic import atomic_write_text
-from moras_interp.moras.prototype import PROMPTS_FILE
 from moras_interp.organisms.build import (
-    CHAT_TEMPLATE,
     IMAGE,
     OrganismConfig,
     build_bpe_tokenizer,
@@ -41,10 +38,10 @@ from moras_interp.organisms.build import (
     build_processor,
     build_tokenizer,
 )
+from moras_interp.organisms.save import PROMPT_SET_HEADER, pin_files, save, write_prompt_set
 from moras_interp.organisms.tasks import TrainingPair, stream, toy_harmful_requests, training_batch
 from moras_interp.organisms.world import CLASSES, Scene, sample_scene
 from moras_interp.progress import tqdm
-from moras_interp.readers import read_json
 
 MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 STD = np.asarray((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
@@ -246,50 +243,6 @@ def _scene_patch_labels(ex: TrainingPair, cfg: OrganismConfig) -> torch.Tensor:
     return patch_labels([sc], cfg.image_size, cfg.patch_size)[0]
 
 
-def save(model: Any, processor: Any, out_dir: str | Path, result: TrainResult | None = None,
-         prompts: list[str] | None = None) -> Path:
-    """``save_pretrained`` (safetensors) of model and processor, ``"attn_implementation": "eager"`` pinned in
-    config.json (``from_pretrained(..., attn_implementation="sdpa")`` still overrides it), plus ``train_info.json``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.config._attn_implementation = "eager"
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    pin_files(out)
-    write_prompt_set(out, prompts)
-    if result is not None:
-        info = asdict(result)
-        info["losses"] = [round(x, 5) for x in info["losses"]]
-        info["vision_losses"] = [round(x, 5) for x in info["vision_losses"]]
-        atomic_write_text(out / "train_info.json", json.dumps(info, indent=1))
-    return out
-
-
-PROMPT_SET_HEADER = ("# Text-only harmful requests in the toy organism's vocabulary (10 phrasings x 5 hazards), for its MoRAS\n"
-                     "# unsafe prototype; generated from moras_interp.organisms.tasks.toy_harmful_requests(). One per line.\n")
-
-
-def write_prompt_set(out: str | Path, prompts: list[str] | None = None) -> Path:
-    """Write the organism's unsafe-prototype prompts (:func:`tasks.toy_harmful_requests`) into its folder as
-    ``harmful_requests.txt`` (:data:`moras_interp.moras.prototype.PROMPTS_FILE`), where
-    ``UnsafePrototype.build(model)`` looks first, so a trained or copied organism keeps its own prompt set."""
-    head = PROMPT_SET_HEADER if prompts is None else "# Text-only harmful requests for the organism's MoRAS unsafe prototype. One per line.\n"
-    return atomic_write_text(Path(out) / PROMPTS_FILE, head + "\n".join(prompts or toy_harmful_requests()) + "\n")
-
-
-def pin_files(out: Path) -> None:
-    """Post-processing of a saved directory: ``"attn_implementation": "eager"`` in config.json (transformers
-    does not serialise the attention backend) and the chat template also inside tokenizer_config.json."""
-    cfg_path, tok_path = out / "config.json", out / "tokenizer_config.json"
-    cfg = read_json(cfg_path)
-    cfg["attn_implementation"] = "eager"
-    atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    tok = read_json(tok_path)
-    tok["chat_template"] = CHAT_TEMPLATE
-    atomic_write_text(tok_path, json.dumps(tok, indent=2) + "\n")
-    (out / "model.safetensors").chmod(0o644)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``moras-interp organism train --out DIR [--steps N] [--seed S] [--threads T] [--eval-n N]``."""
     p = argparse.ArgumentParser(prog="moras-interp organism train", description=__doc__.split("\n")[0])
@@ -310,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"wall_time_s": round(r.wall_time_s, 1), **r.metrics}, indent=1))
     return 0
 
+
+__all__ = ["PROMPT_SET_HEADER", "TrainResult", "encode", "patch_labels", "pin_files", "pixels", "recipe", "save",
+           "train", "write_prompt_set"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
