@@ -19,7 +19,7 @@
 # MoRAS (arXiv 2510.13698) in three stages on the same nnsight graph: (1) the model writes a one-sentence visual context for the image; (2) with a safety prompt and the reformulated question it greedily produces N=3 tokens whose next-token distributions are compared (γ-decayed cosine) with those of an *unsafe prototype* (mean states over text-only harmful requests), giving a risk r after a sigmoid calibration; (3) it answers the ORIGINAL question while the first N post-final-norm states are interpolated towards the prototype, h ← h + r (u_t − h). Every intermediate state is kept in a `MoRASTrace`.
 
 # %% tags=["parameters"]
-ORGANISM = "toy-llava"   # shipped model organism: the model, and the data when DATA is None
+ORGANISM = "toy-llava-2"  # shipped model organism (graded steering; see MODEL_CARD_toy-llava-2.md): model + data
 MODEL = None             # HF id or local path instead of the organism, e.g. llava-hf/llava-1.5-7b-hf (GPU)
 DEVICE = None            # e.g. cuda
 DTYPE = None             # e.g. bfloat16 on a GPU
@@ -89,6 +89,8 @@ print("viewer:", save_explorer_html(trace_viewer(traces, unsteered), FIGURES / "
 # `moras.trace` runs the same pipeline on the nnsight backend (one intervention graph per generation; the same results as the torch-hook default) and lets you read or edit any named hook at chosen steps of a stage. Here we read the residual stream after layer 1 at the prefill and the first decode step of the answer, and add a push there at the prefill; what the reads saved lands in the trace.
 
 # %%
+import torch
+
 push_dir = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
 
 

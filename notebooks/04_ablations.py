@@ -19,7 +19,7 @@
 # The reviewers' questions, each a grid over named factors with `moras_interp.ablations.run_grid`: how many steered tokens N, the decay γ, fixed vs adaptive strength, visual context vs safety prompt, where to steer, and what happens when the attention to the most-attended visual tokens is removed. Every grid returns a tidy DataFrame (one row per example × setting), is cached per setting and resumes after an interruption.
 
 # %% tags=["parameters"]
-ORGANISM = "toy-llava"   # shipped model organism: the model, and the data when DATA is None
+ORGANISM = "toy-llava-2"  # shipped model organism (graded steering; see MODEL_CARD_toy-llava-2.md): model + data
 MODEL = None             # HF id or local path instead of the organism, e.g. llava-hf/llava-1.5-7b-hf (GPU)
 DEVICE = None            # e.g. cuda
 DTYPE = None             # e.g. bfloat16 on a GPU
@@ -55,10 +55,10 @@ data = evals
 
 # %% [markdown]
 # ## Fixed vs risk-adaptive strength
-# Fixed r steers every query alike; MoRAS (fixed_r = None) uses each query's own risk.
+# Fixed r steers every query alike; MoRAS (fixed_r = None) uses each query's own risk. On toy-llava-2 the fixed-r curve is graded between r = 0 and 0.3 (its card); on toy-llava it is a switch at r ≈ 0.5.
 
 # %%
-df = run_grid({"fixed_r": [None, 0.5, 1.0]}, evaluator, data, out=runs / "fixed_r", progress=True)
+df = run_grid({"fixed_r": [None, 0.0, 0.1, 0.2, 0.3, 0.5, 1.0]}, evaluator, data, out=runs / "fixed_r", progress=True)
 export(metric_vs_factor(df, "fixed_r", "refused", color="label",
                         title="refusal rate vs fixed strength (None = MoRAS's adaptive r)"), "04_fixed_vs_adaptive")
 

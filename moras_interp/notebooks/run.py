@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures", default=str(REPO / "figures"), help="where the notebooks write their figures")
     ap.add_argument("--plotlyjs", default="directory", choices=["standalone", "cdn", "directory"],
                     help="how the HTML figures get plotly.js (default: one plotly.min.js beside them)")
-    ap.add_argument("--organism", default=None, help="the notebooks' ORGANISM parameter (default: theirs, toy-llava)")
+    ap.add_argument("--organism", default=None, help="the notebooks' ORGANISM parameter (default: each notebook's own: toy-llava for 01-02, toy-llava-2 for 03-04)")
     ap.add_argument("--save-executed", action="store_true", help="write the executed notebooks back in place")
     a = ap.parse_args(argv)
     a.plotlyjs = True if a.plotlyjs == "standalone" else a.plotlyjs
