@@ -81,8 +81,9 @@ few = [e for e in evals if e.label == "unsafe"][:3] + [e for e in evals if e.lab
 few_images = [e.load_image() for e in few]
 traces = moras.run(few_images, [e.text for e in few], max_new_tokens=24, progress=False)
 unsteered = model.generate(model.prepare(few_images, [e.text for e in few]), max_new_tokens=24).texts
-print("viewer:", save_explorer_html(trace_viewer(traces, unsteered), FIGURES / "03_trace_viewer.html",
-                                    include_plotlyjs=PLOTLYJS))
+viewer = save_explorer_html(trace_viewer(traces, unsteered), FIGURES / "03_trace_viewer.html",
+                            include_plotlyjs=PLOTLYJS)
+print("viewer:", viewer.name, "in FIGURES")
 
 # %% [markdown]
 # ## Your own reads and edits inside the run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,27 @@ import pytest
 from PIL import Image
 
 from moras_interp.moras.prompts import CONTEXT_PROMPT
-from moras_interp.notebooks import ORGANISM_DATA, Session, setup
+from moras_interp.notebooks import ORGANISM_DATA, Session, quiet, setup, unquiet
 from moras_interp.organisms import tasks, toy2
 from moras_interp.organisms.tasks import scene_key
+
+
+@pytest.fixture(autouse=True)
+def _restore_quiet():
+    """setup() silences third-party output for the rest of the process; later tests must not inherit that."""
+    yield
+    unquiet()
+
+
+def test_unquiet_restores_what_quiet_silenced() -> None:
+    tcp = "Kernel is running over TCP without encryption."
+    quiet()
+    with warnings.catch_warnings(record=True) as during:
+        warnings.warn(tcp, UserWarning, stacklevel=1)
+    unquiet()
+    with warnings.catch_warnings(record=True) as after:
+        warnings.warn(tcp, UserWarning, stacklevel=1)
+    assert (len(during), len(after)) == (0, 1)
 
 
 def _session(organism: str, n: int, data: str | None = None, tmp: Path | None = None) -> Session:

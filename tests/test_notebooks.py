@@ -91,3 +91,18 @@ def test_notebook_executes_from_elsewhere_and_writes_figures(name: str, tmp_path
         assert im.std() > 5, f"{png.name} is blank"
         html = png.with_suffix(".html").read_text(encoding="utf-8")
         assert "Plotly.newPlot" in html, f"{png.name} has no HTML twin"
+
+
+def test_saving_in_place_keeps_the_source_and_drops_the_injected_cell(tmp_path: Path) -> None:
+    """execute(path, params, save_to=path): outputs come from the injected values, but the saved notebook's
+    cells are the original ones (its jupytext twin stays equal); saved elsewhere it keeps papermill's cell."""
+    params = nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]})
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell("print(X * 10)")])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    execute(path, {"X": 2}, save_to=tmp_path / "out.ipynb", timeout=120)
+    execute(path, {"X": 3}, save_to=path, timeout=120)
+    saved, out = read_notebook(path), read_notebook(tmp_path / "out.ipynb")
+    assert [c.source for c in saved.cells] == ["X = 1", "print(X * 10)"]
+    assert saved.cells[1].outputs[0]["text"] == "30\n"
+    assert [c.source for c in out.cells] == ["X = 1", "# injected parameters\nX = 2", "print(X * 10)"]

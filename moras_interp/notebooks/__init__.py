@@ -14,7 +14,8 @@ from moras_interp.notebooks.session import (
     quiet,
     relative_to_notebook,
     setup,
+    unquiet,
 )
 
 __all__ = ["NOTEBOOKS", "ORGANISM_DATA", "REPO", "NotebookError", "Session", "execute", "main", "notebook_dir",
-           "quiet", "read_notebook", "relative_to_notebook", "setup"]
+           "quiet", "read_notebook", "relative_to_notebook", "setup", "unquiet"]

@@ -44,6 +44,8 @@ def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, ti
             cwd: str | Path | None = None, save_to: str | Path | None = None) -> Any:
     """Execute a notebook with ``parameters`` overriding its ``parameters`` cell; returns the executed notebook.
 
+    ``save_to``: write the executed notebook there (papermill keeps the injected-parameters cell; saved over
+    ``path`` itself it is dropped, so the notebook's source stays that of its jupytext ``.py`` twin).
     The kernel starts in ``cwd`` (default: the notebook's folder) and knows the notebook's path
     (``JPY_SESSION_NAME``), so relative output folders resolve against the notebook either way.
     """
@@ -70,6 +72,8 @@ def execute(path: str | Path, parameters: Mapping[str, Any] | None = None, *, ti
         raise NotebookError(f"{path.name} failed: {str(e)[:4000]}") from e
     finally:
         if save_to is not None:
+            if Path(save_to).resolve() == path:  # in place: keep the jupytext pair equal (no injected cell)
+                nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
             atomic_write_text(save_to, nbformat.writes(nb))
     return nb
 

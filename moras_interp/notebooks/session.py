@@ -69,6 +69,15 @@ def quiet() -> None:
         atexit.register(ctx.__exit__, None, None, None)
 
 
+def unquiet() -> None:
+    """Undo :func:`quiet` now (third-party bars, log level and warning filters restored); e.g. when a script or
+    test process goes on after a notebook session. Does nothing when :func:`quiet` is not in force."""
+    while _QUIET:
+        ctx = _QUIET.pop()
+        atexit.unregister(ctx.__exit__)
+        ctx.__exit__(None, None, None)
+
+
 @dataclass
 class Session:
     """A notebook's model, folders, figure export and data, made by :func:`setup`.
@@ -187,4 +196,5 @@ def setup(organism: str = "toy-llava", *, model: str | None = None, device: str 
     return Session(organism, loaded, fig_dir, runs, None if data is None else str(data), n, plotlyjs)
 
 
-__all__ = ["ORGANISM_DATA", "Session", "notebook_dir", "quiet", "relative_to_notebook", "setup"]
+__all__ = ["ORGANISM_DATA", "Session", "notebook_dir", "quiet", "relative_to_notebook", "setup",
+           "unquiet"]
