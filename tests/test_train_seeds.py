@@ -31,3 +31,7 @@ def test_section_states_which_seeds_are_graded_and_differ():
     assert "0.78 [0.72, 0.83] (156/200)" in text
     assert "seeds [0] of [0, 1]" in text
     assert text.count("seeds [0]") == 2   # graded: seed 0 only; differ: seed 0 only (seed 1's interval reaches 1)
+    assert "The graded fixed-r sweep is a property of training seed(s) [0], not of the recipe" in text
+    assert "The MoRAS/ECSO difference is a property of training seed(s) [0]" in text
+    both = seeds_section({0: results[0], 2: results[0]}, {0: cal, 2: cal}, "python -m x")
+    assert "The graded fixed-r sweep replicates on every training seed measured." in both

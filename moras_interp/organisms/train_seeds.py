@@ -44,6 +44,12 @@ def seeds_section(results: Mapping[int, dict[str, Any]], calibrations: Mapping[i
     differ = [s for s, r in results.items() if r["agreement"].hi < 0.95]
     lines += ["", f"Graded fixed-r sweep (≥ 4 operating points): seeds {graded or 'none'} of {list(results)}. "
               f"MoRAS and ECSO verdicts measurably differ (agreement interval below 0.95): seeds {differ or 'none'}."]
+    for what, have in (("graded fixed-r sweep", graded), ("MoRAS/ECSO difference", differ)):
+        if have and len(have) < len(results):
+            lines.append(f"The {what} is a property of training seed(s) {have}, not of the recipe: do not generalise "
+                         "it from the shipped weights.")
+        elif len(have) == len(results):
+            lines.append(f"The {what} replicates on every training seed measured.")
     return "\n".join(lines)
 
 
