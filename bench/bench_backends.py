@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import nnsight
 import torch
 import transformers
 
-from bench.common import sync, write_results
+from bench.common import interleaved_times, write_results
 from bench.llava_shapes import FULL, MORAS_SCALED, MORAS_TINY, LlavaShape, load_llava
 from moras_interp.activations import steer
 from moras_interp.models.tiny import tiny_image
@@ -77,14 +76,7 @@ def run(shape: str | LlavaShape = "scaled", *, batch: int = 4, tokens: int = 32,
     first = {k: f() for k, f in fns.items()}  # warm-up (the first nnsight trace compiles its body)
     if not torch.equal(first["hooks"], first["nnsight"]):
         raise AssertionError("the hooks and nnsight backends generated different tokens")
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            f()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times(fns, rounds=rounds, device=device)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     paired = [n / h for n, h in zip(times["nnsight"], times["hooks"])]  # same round: same machine load

@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import sync, write_results
+from bench.common import interleaved_times, write_results
 from bench.llava_shapes import COLLECT_CPU, FULL, LlavaShape, load_llava
 from moras_interp import MLLM
 from moras_interp.activations import collect_activations
@@ -102,16 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     got = torch.stack([store.load(f"blocks.{l}.hook_resid_post").float() for l in range(shape.layers)])
     # HF's last hidden state is after the final norm; compare the layers before it
     max_diff = float((got[:-1] - ref[:-1]).abs().max()) if shape.layers > 1 else 0.0
-    times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():                                # warm-up
         fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(variants, rounds=args.repeats, device=device)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     rows = {k: {"median_s": med[k], "min_s": best[k], "times_s": times[k], "examples_per_s": args.n / med[k],

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import transformers
 
-from bench.common import Measurement, sync, write_results
+from bench.common import Measurement, interleaved_times, write_results
 from bench.llava_shapes import FULL, MORAS_SCALED, MORAS_TINY, LlavaShape, build_llava, wrap
 from bench.moras_authors import AuthorsSetup, authors_loop
 from moras_interp.atomic import atomic_write_text
@@ -105,14 +105,7 @@ def queries(n: int, size: int = 64) -> tuple[list[Any], list[str], list[str]]:
 def alternating(fns: dict[str, tuple[str, Callable[[], Any]]], *, rounds: int, device: str) -> dict[str, Measurement]:
     """Median wall time per function over ``rounds`` rounds that run every function once in turn (peak memory
     is not measured: ``peak_extra_bytes=-1``)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, (_, fn) in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times({k: fn for k, (_, fn) in fns.items()}, rounds=rounds, device=device)
     return {k: Measurement(fns[k][0], statistics.median(v), min(v), -1, rounds) for k, v in times.items()}
 
 

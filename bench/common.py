@@ -74,6 +74,21 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def interleaved_times(fns: dict[str, Callable[[], Any]], *, rounds: int,
+                      device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Wall times (s) per function over ``rounds`` rounds that run every function once in turn, so all see the
+    same machine load (ratios between them can be paired by round)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def measure(name: str, fn: Callable[[], Any], *, device: torch.device | str = "cpu", repeats: int = 5,
             warmup: int = 1) -> Measurement:
     """Time ``fn`` ``repeats`` times after ``warmup`` calls and measure the peak extra memory of one call."""
