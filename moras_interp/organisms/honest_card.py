@@ -31,6 +31,16 @@ def queries(organism: str, n: int, seed: int, split: str = "eval") -> tuple[list
     return tasks.harmful_image_queries(n, seed, split), tasks.benign_image_queries(n, seed, split)
 
 
+def calibration_examples(organism: str, n: int) -> list[Any]:
+    """``n`` unsafe + ``n`` safe labelled examples of the organism's 'calib' stream (what its cards calibrate on)."""
+    if organism == "toy-llava-2":
+        u, s = queries(organism, n, 0, split="calib")
+        return [q.to_example(f"cal-{i}") for i, q in enumerate(u + s)]
+    from moras_interp.organisms.examples import toy_examples
+
+    return toy_examples(n, n, 0, split="calib")
+
+
 def moras_section(runs: dict[int, dict[str, Any]], setup: Any, n_cal: int) -> str:
     c = setup.calibration
     seeds = list(runs)
@@ -243,15 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     from moras_interp.models.loading import load_model
     from moras_interp.moras.methods import prepare_moras
     from moras_interp.organisms.card import write_card
-    from moras_interp.organisms.examples import toy_examples
-
     model = load_model(a.organism)
-    if a.organism == "toy-llava-2":
-        u, s = queries(a.organism, a.calibration_n, 0, split="calib")
-        cal = [q.to_example(f"cal-{i}") for i, q in enumerate(u + s)]
-    else:
-        cal = toy_examples(a.calibration_n, a.calibration_n, 0, split="calib")
-    setup = prepare_moras(model, calibration=cal, batch_size=50, progress=False)
+    setup = prepare_moras(model, calibration=calibration_examples(a.organism, a.calibration_n), batch_size=50,
+                          progress=False)
     extra = [PHRASING_SPLIT[a.organism]] if a.organism in PHRASING_SPLIT else None
     secs = honest_sections(model, a.organism, setup, n=a.n, seeds=[int(x) for x in a.seeds.split(",")],
                            n_attention=a.n_attention, n_cal=a.calibration_n, extra=extra)

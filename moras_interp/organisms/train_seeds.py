@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from moras_interp.models.loading import load_model
     from moras_interp.moras.methods import prepare_moras
     from moras_interp.organisms.card import write_card
-    from moras_interp.organisms.honest_card import queries
+    from moras_interp.organisms.honest_card import calibration_examples, queries
 
     results, cals = {}, {}
     for item in a.weights:
@@ -74,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if not where or not seed.isdigit():
             raise SystemExit(f"--weights {item!r}: expected SEED=PATH_OR_NAME, e.g. 1=/tmp/seed1.")
         model = load_model(where)
-        u, s = queries(a.organism, a.calibration_n, 0, split="calib")
-        setup = prepare_moras(model, calibration=[q.to_example(f"cal-{i}") for i, q in enumerate(u + s)],
-                              batch_size=50, progress=False)
+        setup = prepare_moras(model, calibration=calibration_examples(a.organism, a.calibration_n), batch_size=50,
+                              progress=False)
         u, s = queries(a.organism, a.n, 0)
         results[int(seed)] = moras_study(model, u, s, setup, methods=("none", "moras", "ecso"), sweep_n=a.n)
         cals[int(seed)] = setup.calibration
